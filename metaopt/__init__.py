@@ -1,0 +1,44 @@
+"""metaopt: online hypergradients for hyperparameter and meta-optimisation in JAX.
+
+The contract is :class:`UnrolledSystem` (an inner training loop) and
+:class:`Estimator` (an ``init`` / ``unroll`` pair of pure functions that
+estimates d(sum of losses)/d theta window by window).
+"""
+
+from metaopt._src.base import Estimator
+from metaopt._src.base import full_unroll
+from metaopt._src.base import split_window_key
+from metaopt._src.base import UnrolledSystem
+from metaopt._src.base import WindowKeys
+from metaopt._src.pes import pes
+from metaopt._src.pes import PESState
+from metaopt._src.rtrl import rtrl
+from metaopt._src.rtrl import RTRLState
+from metaopt._src.tbptt import full_bptt
+from metaopt._src.tbptt import tbptt
+from metaopt._src.tbptt import TBPTTState
+from metaopt._src.truncated_es import truncated_es
+from metaopt._src.truncated_es import TruncatedESState
+from metaopt._src.uoro import uoro
+from metaopt._src.uoro import UOROState
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "Estimator",
+    "full_bptt",
+    "full_unroll",
+    "pes",
+    "PESState",
+    "rtrl",
+    "RTRLState",
+    "split_window_key",
+    "tbptt",
+    "TBPTTState",
+    "truncated_es",
+    "TruncatedESState",
+    "UnrolledSystem",
+    "uoro",
+    "UOROState",
+    "WindowKeys",
+)

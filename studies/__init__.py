@@ -1,0 +1,1 @@
+"""Optuna studies of the estimators' bias, variance and cost."""

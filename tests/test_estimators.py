@@ -1,0 +1,186 @@
+"""Estimators against jax.grad of the full unroll: exact ones to float tolerance,
+unbiased ones statistically, truncated ones measurably biased."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metaopt
+import systems
+
+NUM_STEPS = {"linear_init_dependent": 2, "tanh_rnn": 2, "optax_regression": 2}
+
+EXACT = {
+    "full_bptt": lambda system, n: metaopt.full_bptt(system),
+    "full_bptt_remat": lambda system, n: metaopt.full_bptt(system, remat=True),
+    "tbptt_whole_horizon": lambda system, n: metaopt.tbptt(system, num_steps=system.horizon),
+    "rtrl": lambda system, n: metaopt.rtrl(system, num_steps=n),
+}
+UNBIASED = {
+    "uoro": lambda system, n: metaopt.uoro(system, num_steps=n),
+    "pes": lambda system, n: metaopt.pes(system, num_steps=n, num_particles=4, sigma=0.01),
+}
+ALL = {
+    **EXACT, **UNBIASED,
+    "tbptt": lambda system, n: metaopt.tbptt(system, num_steps=n),
+    "truncated_es": lambda system, n: metaopt.truncated_es(system, num_steps=n, num_particles=4,
+                                                           sigma=0.01),
+}
+
+
+def flat(tree):
+  return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def run_horizons(est, system, theta, key, num_windows):
+  """Runs num_windows windows; returns per-window grads and the keys used."""
+  init_key, *window_keys = jax.random.split(key, num_windows + 1)
+  unroll = jax.jit(est.unroll)
+  state = est.init(init_key, theta)
+  grads = []
+  for k in window_keys:
+    state, grad, metrics = unroll(state, theta, k)
+    assert set(metrics) >= {"loss"}
+    grads.append(flat(grad))
+  return grads, init_key, window_keys
+
+
+def exact_grad(system, theta, init_key, window_keys, num_steps):
+  """jax.grad of one horizon's summed loss, on the estimator's own keys."""
+  step_keys = jnp.concatenate([metaopt.split_window_key(k, num_steps).steps for k in window_keys])
+  loss = lambda th: jnp.sum(metaopt.full_unroll(system, th, init_key, step_keys)[1])
+  return jax.grad(loss)(theta)
+
+
+def horizon_sums_and_exacts(est, system, theta, key, num_steps, num_horizons=2):
+  windows = system.horizon // num_steps
+  grads, init_key, window_keys = run_horizons(est, system, theta, key, windows * num_horizons)
+  out = []
+  for h in range(num_horizons):
+    keys_h = window_keys[h * windows:(h + 1) * windows]
+    total = np.sum(grads[h * windows:(h + 1) * windows], axis=0)
+    out.append((total, flat(exact_grad(system, theta, init_key, keys_h, num_steps))))
+    init_key = metaopt.split_window_key(keys_h[-1], num_steps).next_init
+  return out
+
+
+@pytest.mark.parametrize("system_name", sorted(systems.SYSTEMS))
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_exact_estimators_match_jax_grad_over_two_horizons(name, system_name):
+  system, theta = systems.SYSTEMS[system_name]()
+  est = EXACT[name](system, NUM_STEPS[system_name])
+  num_steps = system.horizon if name.startswith("full") or "whole" in name else NUM_STEPS[system_name]
+  for h, (total, exact) in enumerate(
+      horizon_sums_and_exacts(est, system, theta, jax.random.key(7), num_steps)):
+    err = np.linalg.norm(total - exact) / np.linalg.norm(exact)
+    assert err <= 1e-4, f"horizon {h}: {total} vs exact {exact} (relative error {err:.2e})"
+
+
+def test_rtrl_matches_jax_grad_in_float64():
+  with jax.enable_x64(True):
+    system, theta = systems.tanh_rnn()
+    theta = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), theta)
+    est = metaopt.rtrl(system, num_steps=2)
+    for total, exact in horizon_sums_and_exacts(est, system, theta, jax.random.key(0), 2):
+      np.testing.assert_allclose(total, exact, rtol=1e-10)
+
+
+def _sample_estimates(est, system, theta, num_samples, num_steps, seed):
+  """num_samples independent horizon estimates (vmapped) and each sample's exact gradient."""
+  windows = system.horizon // num_steps
+  keys = jax.random.split(jax.random.key(seed), num_samples)
+
+  def one(key):
+    init_key, *window_keys = jax.random.split(key, windows + 1)
+    state = est.init(init_key, theta)
+    total = jnp.zeros_like(jnp.asarray(flat(theta)))
+    for k in window_keys:
+      state, grad, _ = est.unroll(state, theta, k)
+      total = total + jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(grad)])
+    step_keys = jnp.concatenate([metaopt.split_window_key(k, num_steps).steps for k in window_keys])
+    exact = jax.grad(lambda th: jnp.sum(metaopt.full_unroll(system, th, init_key, step_keys)[1]))(theta)
+    return total, jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(exact)])
+
+  return jax.jit(jax.vmap(one))(keys)
+
+
+@pytest.mark.parametrize("system_name", sorted(systems.SYSTEMS))
+@pytest.mark.parametrize("name", sorted(UNBIASED))
+def test_unbiased_estimators_mean_within_five_standard_errors(name, system_name):
+  system, theta = systems.SYSTEMS[system_name]()
+  num_steps = NUM_STEPS[system_name]
+  est = UNBIASED[name](system, num_steps)
+  estimates, exacts = _sample_estimates(est, system, theta, 4000, num_steps, seed=3)
+  diff = np.asarray(estimates - exacts, np.float64)
+  mean = diff.mean(0)
+  stderr = diff.std(0, ddof=1) / np.sqrt(diff.shape[0])
+  exact_mean = np.asarray(exacts).mean(0)
+  print(f"\n{name} on {system_name}: exact {exact_mean}\n  mean error {mean}\n  stderr {stderr}")
+  assert np.all(np.abs(mean) <= 5 * stderr + 1e-5 * np.abs(exact_mean)), (mean, stderr)
+  # The test has power: the estimates are informative, not drowned in noise.
+  assert np.linalg.norm(stderr) < 0.2 * np.linalg.norm(exact_mean)
+
+
+def test_tbptt_is_biased_on_long_memory():
+  system, theta = systems.long_memory()
+  (total, exact), = horizon_sums_and_exacts(metaopt.tbptt(system, num_steps=1), system, theta,
+                                            jax.random.key(0), 1, num_horizons=1)
+  print(f"\ntbptt(1) {total} vs exact {exact}")
+  assert np.abs(total - exact) > 0.5 * np.abs(exact)
+
+
+def test_truncated_es_matches_tbptt_as_sigma_shrinks():
+  """Truncated ES estimates the same truncated quantity as tbptt (smoothed)."""
+  system, theta = systems.long_memory(horizon=8)
+  tb = np.sum(horizon_sums_and_exacts(metaopt.tbptt(system, num_steps=2), system, theta,
+                                      jax.random.key(0), 2, num_horizons=1)[0][0])
+  est = metaopt.truncated_es(system, num_steps=2, num_particles=2, sigma=1e-2)
+  samples, _ = _sample_estimates(est, system, theta, 2000, 2, seed=1)
+  mean, stderr = float(samples.mean()), float(samples.std() / np.sqrt(samples.shape[0]))
+  assert abs(mean - tb) <= 5 * stderr + 1e-4 * abs(tb), (mean, stderr, tb)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_unroll_is_not_retraced(name):
+  system, theta = systems.optax_regression()
+  est = ALL[name](system, 2)
+  traces = []
+
+  def counted(state, theta, key):
+    traces.append(None)
+    return est.unroll(state, theta, key)
+
+  unroll = jax.jit(counted)
+  state = est.init(jax.random.key(0), theta)
+  for i in range(3):
+    theta = jax.tree.map(lambda x: x + 0.01, theta)
+    state, grad, metrics = unroll(state, theta, jax.random.key(i))
+  assert len(traces) == 1
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_vmap_over_keys_matches_separate_calls(name):
+  system, theta = systems.linear_init_dependent()
+  est = ALL[name](system, 2)
+  keys = jax.random.split(jax.random.key(0), 3)
+  states = jax.vmap(est.init, in_axes=(0, None))(keys, theta)
+  _, grads, metrics = jax.vmap(est.unroll, in_axes=(0, None, 0))(states, theta, keys)
+  for i, key in enumerate(keys):
+    _, grad, m = est.unroll(est.init(key, theta), theta, key)
+    np.testing.assert_allclose(flat(jax.tree.map(lambda x: x[i], grads)), flat(grad),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics["loss"][i], m["loss"], rtol=1e-5)
+
+
+def test_state_is_checkpointable_with_numpy():
+  system, theta = systems.optax_regression()
+  est = metaopt.uoro(system, num_steps=2)
+  state = est.init(jax.random.key(0), theta)
+  state, _, _ = est.unroll(state, theta, jax.random.key(1))
+  restored = jax.tree.map(jnp.asarray, jax.tree.map(np.asarray, state))
+  a = est.unroll(state, theta, jax.random.key(2))[1]
+  b = est.unroll(restored, theta, jax.random.key(2))[1]
+  np.testing.assert_array_equal(flat(a), flat(b))

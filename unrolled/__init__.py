@@ -1,0 +1,1 @@
+"""Inner problems as `metaopt.UnrolledSystem`s (influence balancing, toy regression, digits MLP, ...)."""
