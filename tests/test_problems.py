@@ -1,0 +1,112 @@
+"""The inner problems: the facts the papers report, and every problem with every estimator."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metaopt
+import unrolled
+
+
+
+
+def sum_window_grads(est, problem, num_windows, key=jax.random.key(0)):
+  state = est.init(key, problem.theta)
+
+  def body(carry, k):
+    state, total = carry
+    state, grad, _ = est.unroll(state, problem.theta, k)
+    return (state, jax.tree.map(jnp.add, total, grad)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, problem.theta)
+  (_, total), _ = jax.jit(lambda s: jax.lax.scan(body, (s, zeros),
+                                                 jax.random.split(key, num_windows)))(state)
+  return total
+
+
+def test_influence_balancing_long_horizon_optimum_is_minus_one_sixth():
+  problem = unrolled.get("influence_balancing", horizon=20000)
+  key = jax.random.key(0)
+  steps = jax.random.split(key, problem.system.horizon)
+  grad = jax.jit(jax.grad(lambda th: metaopt.full_unroll(problem.system, th, key, steps)[1].sum()))
+  # The summed loss is quadratic in theta: one Newton step from 0 lands on its minimiser.
+  g0, g1 = grad(jnp.float32(0.0)), grad(jnp.float32(0.5))
+  theta_star = float(-g0 * 0.5 / (g1 - g0))
+  print(f"\ninfluence balancing, horizon 20000: theta* = {theta_star:.5f} (-1/6 = {-1 / 6:.5f})")
+  assert abs(theta_star + 1 / 6) < 2e-3
+
+
+def test_influence_balancing_truncation_gets_the_sign_wrong():
+  problem = unrolled.get("influence_balancing")
+  windows = problem.system.horizon
+  exact = sum_window_grads(metaopt.rtrl(problem.system, num_steps=1), problem, windows)
+  truncated = sum_window_grads(metaopt.tbptt(problem.system, num_steps=1), problem, windows)
+  print(f"\nat theta=0.5: rtrl {float(exact):.3f}, tbptt(1) {float(truncated):.3f}")
+  assert exact > 0 > truncated
+
+
+def test_toy_regression_short_horizon_bias():
+  problem = unrolled.get("toy_regression")
+  full = sum_window_grads(metaopt.full_bptt(problem.system), problem, 1)
+  truncated = sum_window_grads(metaopt.tbptt(problem.system, num_steps=10), problem, 10)
+  ratio = float(jnp.linalg.norm(full) / jnp.linalg.norm(truncated))
+  print(f"\ntoy regression at (-4, -4): full horizon {full}, tbptt(10) {truncated}, "
+        f"norm ratio {ratio:.1f}")
+  assert ratio > 3
+
+
+def test_digits_mlp_learns():
+  problem = unrolled.get("digits_mlp", horizon=300)
+  key = jax.random.key(0)
+  final, _ = jax.jit(lambda th: metaopt.full_unroll(
+      problem.system, th, key, jax.random.split(key, 300)))(problem.theta)
+  metrics = problem.evaluate(final)
+  print(f"\n{problem.description}\n  after 300 steps: {metrics}")
+  assert metrics["validation_accuracy"] >= 0.90
+
+
+def test_digits_parameter_counts_span_the_benchmark_range():
+  def count(**kw):
+    return int(unrolled.get("digits_mlp", **kw).description.split("(")[1].split()[0])
+  assert 4000 < count(width=64, depth=1) < 6000
+  assert count(width=128, depth=2) == 26122
+  assert count(width=700, depth=3) > 900_000
+
+
+def test_registry_lists_and_refuses_clearly():
+  assert unrolled.names() == ["digits_mlp", "influence_balancing", "toy_regression"]
+  with pytest.raises(ValueError, match=r"unknown problem 'mnist'.*digits_mlp"):
+    unrolled.get("mnist")
+  with pytest.raises(ValueError, match=r"unknown option.*'widht'.*width"):
+    unrolled.get("digits_mlp", widht=3)
+
+
+SMALL = {
+    "influence_balancing": (dict(horizon=20), 10),
+    "toy_regression": (dict(horizon=20), 10),
+    "digits_mlp": (dict(width=16, depth=1, horizon=20, schedule="piecewise_linear",
+                        tune_momentum=True, weight_decay=1e-4, tune_init_scale=True), 10),
+}
+ESTIMATORS = {
+    "full_bptt": lambda s, n: metaopt.full_bptt(s),
+    "tbptt": lambda s, n: metaopt.tbptt(s, num_steps=n),
+    "rtrl": lambda s, n: metaopt.rtrl(s, num_steps=n),
+    "uoro": lambda s, n: metaopt.uoro(s, num_steps=n),
+    "pes": lambda s, n: metaopt.pes(s, num_steps=n, num_particles=4, sigma=0.01),
+    "truncated_es": lambda s, n: metaopt.truncated_es(s, num_steps=n, num_particles=4, sigma=0.01),
+}
+
+
+@pytest.mark.parametrize("problem_name", sorted(SMALL))
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_every_estimator_runs_a_window_on_every_problem(estimator, problem_name):
+  options, num_steps = SMALL[problem_name]
+  problem = unrolled.get(problem_name, **options)
+  est = ESTIMATORS[estimator](problem.system, num_steps)
+  state = est.init(jax.random.key(0), problem.theta)
+  state, grad, metrics = jax.jit(est.unroll)(state, problem.theta, jax.random.key(1))
+  assert jax.tree.structure(grad) == jax.tree.structure(problem.theta)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad))
+  assert bool(jnp.isfinite(metrics["loss"]))
+  assert any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grad))
