@@ -111,15 +111,6 @@ def _interleaved_medians(fns, args_fns, repeats):
   return [float(np.median(t)) for t in times]
 
 
-def make_estimator(name, system, num_steps, num_particles):
-  if name == "full_bptt":
-    return metaopt.full_bptt(system), system.horizon
-  if name in ("pes", "truncated_es"):
-    make = getattr(metaopt, name)
-    return make(system, num_steps=num_steps, num_particles=num_particles, sigma=0.01), num_steps
-  return getattr(metaopt, name)(system, num_steps=num_steps), num_steps
-
-
 def run(num_steps, num_particles, repeats, horizon, estimators):
   system, theta, num_params = mlp_classifier(horizon)
   key = jax.random.key(0)
@@ -134,7 +125,8 @@ def run(num_steps, num_particles, repeats, horizon, estimators):
   rows = []
   plain_times = []
   for name in estimators:
-    est, steps = make_estimator(name, system, num_steps, num_particles)
+    est = metaopt.get_estimator(name, system, num_steps=num_steps, num_particles=num_particles)
+    steps = metaopt.window_length(name, system, num_steps)
     est_state = est.init(key, theta)
     counter = iter(range(10**9))
     est_args = lambda out: (est_state if out is None else out[0], theta,

@@ -5,6 +5,7 @@ The contract is :class:`UnrolledSystem` (an inner training loop) and
 estimates d(sum of losses)/d theta window by window).
 """
 
+from metaopt._src import checkpoint
 from metaopt._src.base import Estimator
 from metaopt._src.base import full_unroll
 from metaopt._src.base import split_window_key
@@ -12,6 +13,9 @@ from metaopt._src.base import UnrolledSystem
 from metaopt._src.base import WindowKeys
 from metaopt._src.pes import pes
 from metaopt._src.pes import PESState
+from metaopt._src.registry import ESTIMATORS
+from metaopt._src.registry import get_estimator
+from metaopt._src.registry import window_length
 from metaopt._src.rtrl import rtrl
 from metaopt._src.rtrl import RTRLState
 from metaopt._src.tbptt import full_bptt
@@ -19,26 +23,38 @@ from metaopt._src.tbptt import tbptt
 from metaopt._src.tbptt import TBPTTState
 from metaopt._src.truncated_es import truncated_es
 from metaopt._src.truncated_es import TruncatedESState
+from metaopt._src.summary import SummaryWriter
+from metaopt._src.tuner import Tuner
+from metaopt._src.tuner import tuner
+from metaopt._src.tuner import TunerState
 from metaopt._src.uoro import uoro
 from metaopt._src.uoro import UOROState
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "checkpoint",
     "Estimator",
+    "ESTIMATORS",
     "full_bptt",
     "full_unroll",
+    "get_estimator",
     "pes",
     "PESState",
     "rtrl",
     "RTRLState",
     "split_window_key",
+    "SummaryWriter",
     "tbptt",
     "TBPTTState",
     "truncated_es",
     "TruncatedESState",
+    "Tuner",
+    "tuner",
+    "TunerState",
     "UnrolledSystem",
     "uoro",
     "UOROState",
+    "window_length",
     "WindowKeys",
 )

@@ -142,7 +142,8 @@ def digits_mlp(*, width: int = 128, depth: int = 2, optimizer: str = "sgd_moment
 
   def evaluate(state):
     logits = mlp_logits(state.params, validation[0])
-    return {"validation_loss": cross_entropy(state.params, validation),
+    return {"train_loss": state.train_loss,
+            "validation_loss": cross_entropy(state.params, validation),
             "validation_accuracy": jnp.mean(jnp.argmax(logits, -1) == validation[1])}
 
   return Problem(

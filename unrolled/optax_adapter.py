@@ -54,10 +54,19 @@ def scheduled(schedule: Schedule, *, per_group: bool = False) -> Hyperparameter:
 
 
 class OptaxState(NamedTuple):
-  """Inner state of an :func:`optax_system`: parameters, optimiser state, step count."""
+  """Inner state of an :func:`optax_system`.
+
+  Attributes:
+    params: the parameters.
+    opt_state: the optimiser's state.
+    step: inner steps since the horizon started.
+    train_loss: the last step's minibatch loss (0 before the first step; for logs,
+      it carries no gradient).
+  """
   params: Any
   opt_state: Any
   step: jax.Array
+  train_loss: jax.Array
 
 
 def _default_groups(params) -> Any:
@@ -196,7 +205,8 @@ def optax_system(*, loss_fn: Callable, sample_batch: Callable, init_params: Call
       scale = per_leaf(natural_values({INIT_SCALE: hyperparams[INIT_SCALE]}, theta, 0)[INIT_SCALE],
                        params)
       params = jax.tree.map(lambda p, s: (p * s).astype(p.dtype), params, scale)
-    return OptaxState(params, opt.init(params), jnp.zeros((), jnp.int32))
+    zero = jnp.zeros((), jax.tree.leaves(params)[0].dtype)
+    return OptaxState(params, opt.init(params), jnp.zeros((), jnp.int32), zero)
 
   def step(state, theta, key):
     values = natural_values(hyperparams, theta, state.step)
@@ -213,7 +223,8 @@ def optax_system(*, loss_fn: Callable, sample_batch: Callable, init_params: Call
       loss = loss_fn(params, validation_batch)
     else:
       loss = train_loss
-    return OptaxState(params, opt_state, state.step + 1), loss
+    train_loss = jax.lax.stop_gradient(train_loss).astype(state.train_loss.dtype)
+    return OptaxState(params, opt_state, state.step + 1, train_loss), loss
 
   system = metaopt.UnrolledSystem(init, step, horizon)
   return system

@@ -1,0 +1,155 @@
+"""Online tuning: alternate an estimator's window with an outer optax step on theta."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metaopt._src import base
+
+
+class TunerState(NamedTuple):
+  """State of :func:`tuner`; a pytree of arrays (checkpoint it with ``metaopt.checkpoint``).
+
+  Attributes:
+    theta: the current hyperparameters.
+    outer_state: the meta-optimiser's state.
+    estimator_state: the estimator's state, one per chain (leading axis ``num_chains``).
+    key: key data for the next outer step.
+    step: outer steps taken.
+    num_skipped: outer steps whose update was skipped for non-finite values.
+    grad_mean, grad_var: exponential moving mean and variance over time of
+      the (chain-averaged) hypergradient, flat (H,), bias-corrected by ``ema_weight``.
+    ema_weight: 1 - decay^(number of finite steps), for the bias correction.
+  """
+  theta: Any
+  outer_state: Any
+  estimator_state: Any
+  key: jax.Array
+  step: jax.Array
+  num_skipped: jax.Array
+  grad_mean: jax.Array
+  grad_var: jax.Array
+  ema_weight: jax.Array
+
+
+class Tuner(NamedTuple):
+  """``init(key, theta) -> state``; ``update(state) -> (state, info)``; ``run(state, n)``."""
+  init: Callable[[jax.Array, Any], TunerState]
+  update: Callable[[TunerState], tuple[TunerState, dict]]
+  run: Callable[[TunerState, int], tuple[TunerState, dict]]
+
+
+def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformation, *,
+          num_chains: int = 1, max_grad_norm: float | None = None,
+          ema_decay: float = 0.9) -> Tuner:
+  """Online hyperparameter tuning with any estimator and any optax meta-optimiser.
+
+  Each outer step runs one window of every chain (``num_chains`` independent
+  estimator states, vmapped, each with its own keys), averages their
+  hypergradients and applies one meta-optimiser step to theta. Horizon resets
+  happen inside the estimator. If any chain's hypergradient or loss is not
+  finite, theta and the meta-optimiser state are left unchanged, the step is
+  counted in ``num_skipped``, and the chains that failed restart from a fresh
+  horizon (their inner state may have diverged). The same key gives the same
+  theta trajectory.
+
+  Args:
+    estimator: a :class:`~metaopt.Estimator`.
+    meta_optimizer: the outer optimiser, e.g. ``optax.sgd(1e-4)``.
+    num_chains: independent estimator chains whose hypergradients are averaged;
+      their spread is the online variance estimate.
+    max_grad_norm: if given, clip the averaged hypergradient to this global norm.
+    ema_decay: decay of the moving mean and variance of the hypergradient over time.
+
+  Returns:
+    A :class:`Tuner`. ``info`` holds ``grad`` (flat, averaged), ``chain_grads``
+    (num_chains, H), ``chain_variance`` (H,), ``loss`` (chains' mean window
+    loss), ``finite``, every estimator metric averaged over chains, and the
+    post-update ``theta``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, metaopt
+    >>> system = metaopt.UnrolledSystem(
+    ...     init=lambda key, th: jnp.ones(2),
+    ...     step=lambda s, th, key: (0.5 * s + th, jnp.sum((s - 1.0) ** 2)),
+    ...     horizon=4)
+    >>> t = metaopt.tuner(metaopt.rtrl(system, num_steps=2), optax.sgd(0.01))
+    >>> state = t.init(jax.random.key(0), jnp.float32(0.0))
+    >>> state, infos = jax.jit(t.run, static_argnums=1)(state, 10)
+  """
+  if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
+    raise ValueError(f"num_chains must be a positive int, got {num_chains!r}")
+  if max_grad_norm is not None and not max_grad_norm > 0:
+    raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm!r}")
+  if not 0 <= ema_decay < 1:
+    raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay!r}")
+  if max_grad_norm is not None:
+    meta_optimizer = optax.chain(optax.clip_by_global_norm(max_grad_norm), meta_optimizer)
+  init_chains = jax.vmap(estimator.init, in_axes=(0, None))
+  unroll_chains = jax.vmap(estimator.unroll, in_axes=(0, None, 0))
+
+  def init(key, theta):
+    base.check_theta(theta)
+    key_chains, key_next = jax.random.split(key)
+    theta_vec, _ = base.ravel(theta)
+    zeros = jnp.zeros_like(theta_vec)
+    return TunerState(
+        theta=theta, outer_state=meta_optimizer.init(theta),
+        estimator_state=init_chains(jax.random.split(key_chains, num_chains), theta),
+        key=base.key_data(key_next), step=jnp.zeros((), jnp.int32),
+        num_skipped=jnp.zeros((), jnp.int32), grad_mean=zeros, grad_var=zeros,
+        ema_weight=jnp.zeros((), theta_vec.dtype))
+
+  def update(state):
+    key_unroll, key_reset, key_next = jax.random.split(base.as_key(state.key), 3)
+    est_state, grads, metrics = unroll_chains(
+        state.estimator_state, state.theta, jax.random.split(key_unroll, num_chains))
+    chain_grads = jax.vmap(lambda g: base.ravel(g)[0])(grads)
+    chain_ok = jnp.all(jnp.isfinite(chain_grads), axis=1) & jnp.isfinite(metrics["loss"])
+    finite = jnp.all(chain_ok)
+    grad = jnp.mean(chain_grads, axis=0)
+    _, unravel = base.ravel(state.theta)
+    # Non-finite values must not reach theta: compute the update on zeros, then select.
+    safe_grad = jnp.where(finite, grad, 0.0)
+    updates, outer_state = meta_optimizer.update(unravel(safe_grad), state.outer_state,
+                                                 state.theta)
+    theta = optax.apply_updates(state.theta, updates)
+    theta = base.select_tree(finite, theta, state.theta)
+    outer_state = base.select_tree(finite, outer_state, state.outer_state)
+    est_state = jax.lax.cond(
+        finite, lambda: est_state,
+        lambda: _reset_failed(chain_ok, est_state,
+                              init_chains(jax.random.split(key_reset, num_chains), theta)))
+    weight = jnp.where(finite, ema_decay * state.ema_weight + (1 - ema_decay), state.ema_weight)
+    delta = safe_grad - state.grad_mean
+    grad_mean = jnp.where(finite, state.grad_mean + (1 - ema_decay) * delta, state.grad_mean)
+    grad_var = jnp.where(finite, ema_decay * (state.grad_var + (1 - ema_decay) * delta**2),
+                         state.grad_var)
+    new_state = TunerState(theta, outer_state, est_state, base.key_data(key_next),
+                           state.step + 1, state.num_skipped + (~finite).astype(jnp.int32),
+                           grad_mean, grad_var, weight)
+    info = {name: jnp.mean(value) for name, value in metrics.items()}
+    info.update(grad=grad, chain_grads=chain_grads,
+                chain_variance=jnp.var(chain_grads, axis=0, ddof=1 if num_chains > 1 else 0),
+                finite=finite, num_skipped=new_state.num_skipped, step=new_state.step,
+                theta=base.ravel(theta)[0],
+                grad_ema_mean=grad_mean / jnp.maximum(weight, 1e-12),
+                grad_ema_var=grad_var / jnp.maximum(weight, 1e-12))
+    return new_state, info
+
+  def run(state, num_updates):
+    return jax.lax.scan(lambda s, _: update(s), state, None, length=num_updates)
+
+  return Tuner(init, update, run)
+
+
+def _reset_failed(chain_ok, est_state, fresh):
+  """Per chain: keep the state where the chain was finite, else take the fresh one."""
+  def pick(old, new):
+    mask = chain_ok.reshape(chain_ok.shape + (1,) * (old.ndim - 1))
+    return jnp.where(mask, old, new)
+  return jax.tree.map(pick, est_state, fresh)

@@ -1,0 +1,145 @@
+"""python -m launch.tune end to end: every estimator, TensorBoard read back, flag errors,
+SIGKILL and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_IB = ["--problem=influence_balancing", "--problem_option=horizon=20", "--num_steps=5",
+           "--outer_steps=8", "--checkpoint_every=4", "--meta_optimizer=sgd", "--meta_lr=1e-4"]
+TINY_DIGITS = ["--problem=digits_mlp", "--problem_option=width=8", "--problem_option=depth=1",
+               "--problem_option=horizon=20", "--problem_option=schedule='piecewise_linear'",
+               "--problem_option=num_knots=3", "--num_steps=5", "--meta_lr=0.01"]
+
+
+def tune(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "launch.tune", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def read_events(logdir):
+  acc = event_accumulator.EventAccumulator(
+      logdir, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.IMAGES: 0})
+  acc.Reload()
+  return acc
+
+
+@pytest.mark.parametrize("estimator", ["full_bptt", "tbptt", "rtrl", "uoro", "pes",
+                                       "truncated_es"])
+def test_every_estimator_end_to_end(estimator, tmp_path):
+  logdir = str(tmp_path / "run")
+  out = tune(*TINY_IB, f"--estimator={estimator}", "--num_particles=4", "--sigma=0.1",
+             f"--logdir={logdir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "step 8/8" in out.stdout
+  summary = json.load(open(os.path.join(logdir, "summary.json")))
+  assert summary["outer_steps"] == 8 and np.isfinite(summary["theta"]).all()
+  assert set(summary["tuned"]) >= {"meta_loss_mean"}
+  tags = read_events(logdir).Tags()["tensors"]
+  assert {"loss/window_sum", "hyperparameters/theta", "hypergrad/theta",
+          "hypergrad_time/variance/theta", "hypergrad_time/snr/theta"} <= set(tags)
+  if estimator == "uoro":
+    assert {"estimator/rho0", "estimator/rho1", "estimator/s_tilde_norm",
+            "estimator/theta_tilde_norm"} <= set(tags)
+  if estimator == "pes":
+    assert "estimator/accumulator_norm" in tags
+
+
+def test_tensorboard_holds_schedule_chains_and_hparams(tmp_path):
+  logdir = str(tmp_path / "run")
+  out = tune(*TINY_DIGITS, "--estimator=uoro", "--num_chains=3", "--outer_steps=8",
+             "--image_every=4", f"--logdir={logdir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "learning-rate schedule at inner steps" in out.stdout
+  acc = read_events(logdir)
+  tensors = set(acc.Tags()["tensors"])
+  assert {"schedule/knot_0", "schedule/knot_1", "schedule/knot_2",
+          "hypergrad_chains/variance/learning_rate/0", "hypergrad_chains/snr/learning_rate/0",
+          "hypergrad_chains/samples/learning_rate/0", "eval/validation_loss",
+          "eval/train_loss", "_hparams_/experiment", "_hparams_/session_start_info",
+          "final/validation_loss"} <= tensors, sorted(tensors)
+  hist = acc.Tensors("hypergrad_chains/samples/learning_rate/0")
+  assert len(hist) == 8
+  assert "schedule/learning_rate" in acc.Tags()["images"]
+  images = acc.Images("schedule/learning_rate")
+  assert [im.step for im in images] == [1, 4, 8]
+  assert images[0].encoded_image_string[:4] == b"\x89PNG"
+  knot = [e.step for e in acc.Tensors("schedule/knot_0")]
+  assert knot == list(range(1, 9))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--problem=mnist"], "--problem='mnist' is unknown"),
+    (["--estimator=pes", "--num_particles=3"], "--num_particles must be a positive even"),
+    (["--estimator=pes", "--sigma=0"], "--sigma must be > 0"),
+    (["--num_steps=7"], "--num_steps=7 must divide the horizon"),
+    (["--logdir=/proc/metaopt-cannot-write-here"], "is not writable"),
+    (["--problem_option=widht=3"], "unknown option"),
+    (["--estimator=bptt"], "estimator"),
+])
+def test_flag_errors_are_clear_and_early(args, message, tmp_path):
+  start = time.time()
+  out = tune(*TINY_IB, f"--logdir={tmp_path / 'run'}", *args)
+  assert out.returncode != 0
+  assert message in out.stderr, out.stderr[-2000:]
+  assert "Compiling" not in out.stderr and time.time() - start < 60
+
+
+def test_logdir_of_another_configuration_is_refused(tmp_path):
+  logdir = str(tmp_path / "run")
+  assert tune(*TINY_IB, "--estimator=rtrl", f"--logdir={logdir}").returncode == 0
+  before = open(os.path.join(logdir, "checkpoint.npz"), "rb").read()
+  out = tune(*TINY_IB, "--estimator=uoro", f"--logdir={logdir}")
+  assert out.returncode != 0 and "different configuration" in out.stderr
+  assert "--estimator: 'rtrl' there, 'uoro' now" in out.stderr
+  assert open(os.path.join(logdir, "checkpoint.npz"), "rb").read() == before
+
+
+def test_too_many_non_finite_steps_stop_with_a_message(tmp_path):
+  out = tune("--problem=digits_mlp", "--problem_option=width=8", "--problem_option=depth=1",
+             "--problem_option=horizon=20", "--problem_option=learning_rate=10000.0",
+             "--num_steps=5", "--outer_steps=50", "--checkpoint_every=5", "--max_skipped=3",
+             f"--logdir={tmp_path / 'run'}")
+  assert out.returncode != 0
+  assert "non-finite" in out.stderr and "--max_skipped=3" in out.stderr, out.stderr[-2000:]
+
+
+def test_sigkill_and_resume_ends_bit_identical(tmp_path):
+  args = ["--problem=digits_mlp", "--problem_option=width=8", "--problem_option=depth=1",
+          "--problem_option=horizon=20", "--estimator=rtrl", "--num_steps=5",
+          "--outer_steps=1500", "--checkpoint_every=100", "--meta_lr=0.01", "--log_every=100"]
+  reference = str(tmp_path / "reference")
+  out = tune(*args, f"--logdir={reference}")
+  assert out.returncode == 0, out.stderr[-3000:]
+
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen([sys.executable, "-m", "launch.tune", *args, f"--logdir={killed}"],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoint = os.path.join(killed, "checkpoint.npz")
+  deadline = time.time() + 240
+  while not os.path.exists(checkpoint) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+  assert not os.path.exists(os.path.join(killed, "summary.json"))
+
+  out = tune(*args, f"--logdir={killed}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "resuming" in out.stdout
+  a = json.load(open(os.path.join(reference, "summary.json")))
+  b = json.load(open(os.path.join(killed, "summary.json")))
+  assert a["theta"] == b["theta"]  # bit-identical on CPU
+  for tag in ("loss/window_sum", "hypergrad/learning_rate", "hyperparameters/learning_rate"):
+    events = read_events(killed).Tensors(tag)
+    assert [e.step for e in events] == list(range(1, 1501)), tag
+    ref = read_events(reference).Tensors(tag)
+    assert [e.tensor_proto.double_val for e in events] == [e.tensor_proto.double_val for e in ref]

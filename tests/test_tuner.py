@@ -1,0 +1,94 @@
+"""The online tuner: deterministic, robust to non-finite values, and right on influence balancing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import metaopt
+import unrolled
+
+
+def run_tuner(est, theta, outer_steps, lr, *, seed=0, num_chains=1, meta=optax.sgd):
+  t = metaopt.tuner(est, meta(lr), num_chains=num_chains)
+  state = t.init(jax.random.key(seed), theta)
+  return jax.jit(t.run, static_argnums=1)(state, outer_steps)
+
+
+@pytest.mark.parametrize("estimator, expected", [
+    ("tbptt", 3.26), ("rtrl", -1 / 6), ("pes", -1 / 6)])
+def test_influence_balancing_with_the_papers_settings(estimator, expected):
+  """Outer SGD, lr 1e-4, 3,000 outer steps of one inner step (Vicol et al. 2021)."""
+  problem = unrolled.get("influence_balancing", horizon=3000)
+  est = metaopt.get_estimator(estimator, problem.system, num_steps=1, num_particles=100, sigma=0.1)
+  state, _ = run_tuner(est, problem.theta, 3000, 1e-4)
+  print(f"\n{estimator}: theta after 3000 outer steps = {float(state.theta):.4f}")
+  assert float(state.theta) == pytest.approx(expected, abs=0.01)
+
+
+def test_same_seed_same_trajectory_and_chains_average():
+  problem = unrolled.get("digits_mlp", width=8, depth=1, horizon=20, schedule="piecewise_linear",
+                         num_knots=3)
+  t = metaopt.tuner(metaopt.uoro(problem.system, num_steps=5), optax.adam(0.05), num_chains=3)
+  run = jax.jit(t.run, static_argnums=1)
+  (_, i1), (_, i2), (_, i3) = [run(t.init(jax.random.key(seed), problem.theta), 12)
+                               for seed in (0, 0, 1)]
+  np.testing.assert_array_equal(i1["theta"], i2["theta"])
+  assert i1["chain_grads"].shape == (12, 3, 3)
+  np.testing.assert_allclose(i1["grad"], i1["chain_grads"].mean(1), rtol=1e-5, atol=1e-7)
+  assert np.all(i1["chain_variance"][-1] > 0)  # knots late in the horizon start at 0
+  assert not np.array_equal(i1["theta"], i3["theta"])
+
+
+def test_diverging_learning_rate_never_reaches_theta():
+  problem = unrolled.get("digits_mlp", width=8, depth=1, horizon=20, learning_rate=1e4)
+  est = metaopt.rtrl(problem.system, num_steps=5)
+  state, infos = run_tuner(est, problem.theta, 20, 0.1, num_chains=2)
+  assert not np.all(infos["finite"]), "the inner loss should blow up at this learning rate"
+  assert int(state.num_skipped) == int(np.sum(~infos["finite"])) > 0
+  assert np.all(np.isfinite(infos["theta"]))
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.outer_state))
+  # A skipped step leaves theta where it was.
+  theta0 = jax.flatten_util.ravel_pytree(problem.theta)[0]
+  theta = np.concatenate([np.asarray(theta0)[None], infos["theta"]])
+  skipped = ~infos["finite"]
+  np.testing.assert_array_equal(theta[1:][skipped], theta[:-1][skipped])
+
+
+def test_non_finite_chain_restarts_from_a_fresh_horizon():
+  def init(key, th):
+    del key, th
+    return jnp.zeros(())
+
+  def step(s, th, key):
+    bad = jax.random.uniform(key) < 0.2
+    s = s + th
+    return s, jnp.where(bad, jnp.nan, (s - 1.0) ** 2)
+
+  system = metaopt.UnrolledSystem(init, step, horizon=1000)
+  t = metaopt.tuner(metaopt.rtrl(system, num_steps=2), optax.sgd(1e-3), num_chains=2)
+  state = t.init(jax.random.key(0), jnp.float32(0.0))
+  update = jax.jit(t.update)
+  skipped = 0
+  for _ in range(60):
+    previous = state
+    state, info = update(state)
+    counts = np.asarray(state.estimator_state.count)
+    if bool(info["finite"]):
+      assert np.all(counts == (np.asarray(previous.estimator_state.count) + 2) % 1000)
+      assert float(state.theta) != float(previous.theta)
+    else:
+      skipped += 1
+      assert float(state.theta) == float(previous.theta)
+      # The chain that produced NaN starts a fresh horizon; the other one goes on.
+      assert 0 in counts
+  assert 0 < skipped == int(state.num_skipped) < 60
+
+
+def test_bad_tuner_options():
+  system = unrolled.get("influence_balancing").system
+  with pytest.raises(ValueError, match="num_chains"):
+    metaopt.tuner(metaopt.rtrl(system, num_steps=1), optax.sgd(0.1), num_chains=0)
+  with pytest.raises(ValueError, match="max_grad_norm"):
+    metaopt.tuner(metaopt.rtrl(system, num_steps=1), optax.sgd(0.1), max_grad_norm=-1.0)
