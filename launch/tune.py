@@ -11,7 +11,6 @@ checkpoint; a logdir written by a different configuration is refused.
 
 from __future__ import annotations
 
-import ast
 import datetime
 import json
 import math
@@ -60,17 +59,11 @@ MAX_STEPS_PER_CALL = 25
 
 
 def parse_problem_options(items):
-  """['horizon=300', 'schedule=piecewise_linear'] -> {'horizon': 300, 'schedule': 'piecewise_linear'}."""
-  options = {}
-  for item in items:
-    if "=" not in item:
-      raise app.UsageError(f"--problem_option must be key=value, got {item!r}")
-    key, value = item.split("=", 1)
-    try:
-      options[key.strip()] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      options[key.strip()] = value
-  return options
+  import unrolled  # pylint: disable=g-import-not-at-top
+  try:
+    return unrolled.parse_options(items)
+  except ValueError as e:
+    raise app.UsageError(f"--problem_option: {e}") from None
 
 
 def check_logdir_writable(logdir):

@@ -1,1 +1,4 @@
-"""Optuna studies of the estimators' bias, variance and cost."""
+"""Optuna studies of hypergradient estimators: bias/variance/cost, and online vs black-box tuning.
+
+Run them with ``python -m launch.study``.
+"""

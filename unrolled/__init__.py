@@ -20,10 +20,11 @@ from unrolled.problem import Problem
 from unrolled.registry import get
 from unrolled.registry import names
 from unrolled.registry import options
+from unrolled.registry import parse_options
 from unrolled.toy_regression import toy_regression
 
 __all__ = (
     "digits_data", "digits_mlp", "get", "Hyperparameter", "influence_balancing", "initial_theta",
     "log", "logit", "names", "natural_values", "num_groups", "optax_system", "OptaxState",
-    "options", "Problem", "scheduled", "schedules", "toy_regression",
+    "options", "parse_options", "Problem", "scheduled", "schedules", "toy_regression",
 )

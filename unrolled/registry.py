@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
-from typing import Callable
+from typing import Callable, Iterable
 
 from unrolled.digits_mlp import digits_mlp
 from unrolled.influence_balancing import influence_balancing
@@ -46,3 +47,23 @@ def get(name: str, **kwargs) -> Problem:
     raise ValueError(f"unknown option(s) {unknown} for problem {name!r}; "
                      f"its options are {sorted(known)}")
   return make(**kwargs)
+
+
+def parse_options(items: Iterable[str]) -> dict:
+  """``['horizon=300', 'schedule=piecewise_linear']`` -> ``{'horizon': 300, 'schedule': ...}``.
+
+  Values are Python literals where they parse as one, else strings (for ``key=value`` flags).
+
+  Raises:
+    ValueError: for an item without ``=``.
+  """
+  options = {}
+  for item in items:
+    if "=" not in item:
+      raise ValueError(f"a problem option must be key=value, got {item!r}")
+    key, value = item.split("=", 1)
+    try:
+      options[key.strip()] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      options[key.strip()] = value
+  return options

@@ -1,0 +1,235 @@
+"""Bias, variance and cost of hypergradient estimators, as a multi-objective Optuna study.
+
+A trial picks an estimator and its settings, draws ``num_samples`` independent
+estimates of the full-horizon hypergradient at the problem's theta (each the
+average of ``num_chains`` chains), and compares each with the exact
+hypergradient computed on the same initial state and the same minibatches
+(paired), so that minibatch noise common to every method does not count as
+the estimator's variance (the total variance is recorded too).
+
+Recorded per trial (user attributes): bias^2 = |mean(g - exact)|^2 with its
+standard error and a debiased version, the estimator's variance
+E|d - mean d|^2 (d = g - exact) and per coordinate, the total variance of g,
+MSE = bias^2 + variance, each also relative to |E exact|^2, wall seconds per
+estimate after compilation, that cost in plain inner steps, and inner steps
+per estimate. Objectives: minimise (bias^2, variance, cost seconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import metaopt
+import unrolled
+
+OBJECTIVES = ("bias2", "variance", "cost_seconds")
+DIRECTIONS = ["minimize"] * 3
+
+
+class Context(NamedTuple):
+  """What every trial of one study shares."""
+  problem_name: str
+  problem_options: dict
+  estimators: tuple
+  num_steps: tuple
+  num_particles: tuple
+  sigma: tuple  # (low, high), log-uniform
+  num_chains: tuple
+  num_samples: int
+  seed: int
+  exact: str  # "full_bptt" or "rtrl"
+  output_dir: str
+
+
+def flat_theta(theta):
+  return jax.flatten_util.ravel_pytree(theta)[0]
+
+
+def sample_keys(seed, num_samples):
+  return jax.random.split(jax.random.key(seed), num_samples)
+
+
+def chain_key(sample_key, chain):
+  """Chain c of an estimate uses the same keys in every trial, whatever num_chains is."""
+  return jax.random.fold_in(sample_key, chain)
+
+
+def horizon_estimate(est, theta, key, num_windows):
+  """One chain's estimate of the full-horizon hypergradient: the sum of its window grads."""
+  init_key, window_keys = jax.random.split(key)
+  state = est.init(init_key, theta)
+
+  def body(carry, k):
+    state, total = carry
+    state, grad, _ = est.unroll(state, theta, k)
+    return (state, total + flat_theta(grad)), None
+
+  (_, total), _ = jax.lax.scan(body, (state, jnp.zeros_like(flat_theta(theta))),
+                               jax.random.split(window_keys, num_windows))
+  return total
+
+
+def estimates(problem, est, window, num_chains, keys, batch_size=64):
+  """(M, H) estimates, each the mean of num_chains chains, mapped in batches (bounded memory)."""
+  windows = problem.system.horizon // window
+
+  def one(key):
+    chains = jax.vmap(lambda c: horizon_estimate(est, problem.theta, chain_key(key, c), windows))(
+        jnp.arange(num_chains))
+    return jnp.mean(chains, axis=0)
+
+  return jax.lax.map(one, keys, batch_size=min(batch_size, keys.shape[0]))
+
+
+def exact_grads(problem, exact, chain, keys, window):
+  """(M, H): the exact hypergradient of chain ``chain`` of every sample, on the very step keys an
+  estimator with windows of ``window`` steps sees (minibatches differ with the window length)."""
+  horizon = problem.system.horizon
+  windows = horizon // window
+  if exact == "rtrl":
+    est = metaopt.rtrl(problem.system, num_steps=window)
+    one = lambda k: horizon_estimate(est, problem.theta, chain_key(k, chain), windows)
+  else:
+    def one(k):
+      init_key, window_keys = jax.random.split(chain_key(k, chain))
+      step_keys = jax.vmap(lambda w: metaopt.split_window_key(w, window).steps)(
+          jax.random.split(window_keys, windows)).reshape((horizon,) + window_keys.shape)
+      loss = lambda th: jnp.sum(metaopt.full_unroll(problem.system, th, init_key, step_keys)[1])
+      return flat_theta(jax.grad(loss)(problem.theta))
+  fn = jax.jit(lambda ks: jax.lax.map(one, ks, batch_size=min(16, ks.shape[0])))
+  return np.asarray(fn(keys))
+
+
+def cached_exact(ctx: Context, problem, num_chains, window):
+  """Mean over chains 0..num_chains-1 of the exact grads, each (chain, window) cached on disk once."""
+  tag = hashlib.sha1(json.dumps([ctx.problem_name, ctx.problem_options, ctx.seed,
+                                 ctx.num_samples, ctx.exact], sort_keys=True,
+                                default=str).encode()).hexdigest()[:12]
+  folder = os.path.join(ctx.output_dir, "exact_cache")
+  os.makedirs(folder, exist_ok=True)
+  keys = sample_keys(ctx.seed, ctx.num_samples)
+  chains = []
+  for c in range(num_chains):
+    path = os.path.join(folder, f"{tag}-window{window}-chain{c}.npy")
+    if os.path.exists(path):
+      chains.append(np.load(path))
+      continue
+    grads = exact_grads(problem, ctx.exact, c, keys, window)
+    tmp = f"{path}.{os.getpid()}.tmp.npy"
+    np.save(tmp, grads)
+    os.replace(tmp, path)
+    chains.append(grads)
+  return np.mean(chains, axis=0)
+
+
+_PLAIN_STEP_SECONDS = {}
+
+
+def plain_step_seconds(problem, repeats=5):
+  """Seconds of one plain inner step (a jit-compiled lax.scan of step), median of repeats."""
+  key = (problem.description,)
+  if key not in _PLAIN_STEP_SECONDS:
+    steps = problem.system.horizon
+    keys = jax.random.split(jax.random.key(0), steps)
+    run = jax.jit(lambda: metaopt.full_unroll(problem.system, problem.theta, jax.random.key(1),
+                                              keys)[1])
+    jax.block_until_ready(run())
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(run())
+      times.append(time.perf_counter() - start)
+    _PLAIN_STEP_SECONDS[key] = float(np.median(times)) / steps
+  return _PLAIN_STEP_SECONDS[key]
+
+
+def measure(problem, estimator, *, num_steps, num_particles, sigma, num_chains, num_samples,
+            seed, exact_mean_fn):
+  """Draws the estimates and returns every recorded number (a dict of floats and lists)."""
+  est = metaopt.get_estimator(estimator, problem.system, num_steps=num_steps,
+                              num_particles=num_particles, sigma=sigma)
+  window = metaopt.window_length(estimator, problem.system, num_steps)
+  keys = sample_keys(seed, num_samples)
+  # Compile ahead of time, so the timed call is the computation alone.
+  draw = jax.jit(lambda ks: estimates(problem, est, window, num_chains, ks)).lower(keys).compile()
+  start = time.perf_counter()
+  g = np.asarray(jax.block_until_ready(draw(keys)), np.float64)
+  seconds = time.perf_counter() - start
+  exact = np.asarray(exact_mean_fn(num_chains, window), np.float64)
+  return summarise(g, exact, seconds / num_samples, plain_step_seconds(problem),
+                   inner_steps_per_estimate(estimator, problem.system.horizon, num_chains,
+                                            num_particles))
+
+
+def inner_steps_per_estimate(estimator, horizon, num_chains, num_particles):
+  copies = {"pes": num_particles, "truncated_es": num_particles + 1}.get(estimator, 1)
+  return horizon * num_chains * copies
+
+
+def summarise(g, exact, seconds_per_estimate, plain_seconds, inner_steps):
+  """The recorded numbers from (M, H) estimates and their paired exact gradients."""
+  m = g.shape[0]
+  d = g - exact
+  bias = d.mean(0)
+  var_coord = d.var(0, ddof=1)
+  bias2 = float(np.sum(bias**2))
+  # Var(|mean d|^2) by the delta method: 4 sum_j bias_j^2 var_j / M (+ a second-order term).
+  bias2_se = float(np.sqrt(4 * np.sum(bias**2 * var_coord) / m + 2 * np.sum(var_coord**2) / m**2))
+  variance = float(np.sum(var_coord))
+  total_variance = float(np.sum(g.var(0, ddof=1)))
+  scale = float(np.sum(exact.mean(0) ** 2))
+  out = {
+      "bias2": bias2, "bias2_se": bias2_se, "bias2_debiased": bias2 - variance / m,
+      "variance": variance, "variance_per_coordinate": var_coord.tolist(),
+      "total_variance": total_variance, "mse": bias2 + variance,
+      "exact_norm2": scale, "relative_bias2": bias2 / scale, "relative_variance": variance / scale,
+      "relative_mse": (bias2 + variance) / scale,
+      "cost_seconds": seconds_per_estimate,
+      "cost_plain_steps": seconds_per_estimate / plain_seconds,
+      "inner_steps": inner_steps, "num_samples": m,
+      "mean_estimate": g.mean(0).tolist(), "exact_mean": exact.mean(0).tolist(),
+  }
+  return out
+
+
+def make_problem(ctx: Context):
+  return unrolled.get(ctx.problem_name, **ctx.problem_options)
+
+
+def objective(ctx: Context):
+  """The Optuna objective of a bias_variance study."""
+  problem = make_problem(ctx)
+  horizon = problem.system.horizon
+  num_steps_choices = [n for n in ctx.num_steps if horizon % n == 0]
+  if not num_steps_choices:
+    raise ValueError(f"none of num_steps {ctx.num_steps} divides the horizon {horizon}")
+
+  def fn(trial):
+    estimator = trial.suggest_categorical("estimator", list(ctx.estimators))
+    num_steps = (horizon if estimator == "full_bptt"
+                 else trial.suggest_categorical("num_steps", num_steps_choices))
+    num_particles, sigma = 2, 0.01
+    if estimator in metaopt._src.registry.PARTICLE_ESTIMATORS:  # pylint: disable=protected-access
+      num_particles = trial.suggest_categorical("num_particles", list(ctx.num_particles))
+      sigma = trial.suggest_float("sigma", ctx.sigma[0], ctx.sigma[1], log=True)
+    num_chains = trial.suggest_categorical("num_chains", list(ctx.num_chains))
+    numbers = measure(problem, estimator, num_steps=num_steps, num_particles=num_particles,
+                      sigma=sigma, num_chains=num_chains, num_samples=ctx.num_samples,
+                      seed=ctx.seed,
+                      exact_mean_fn=lambda c, w: cached_exact(ctx, problem, c, w))
+    numbers["settings"] = {"estimator": estimator, "num_steps": num_steps,
+                           "num_particles": num_particles, "sigma": sigma,
+                           "num_chains": num_chains}
+    for name, value in numbers.items():
+      trial.set_user_attr(name, value)
+    return tuple(numbers[k] for k in OBJECTIVES)
+
+  return fn

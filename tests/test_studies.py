@@ -1,0 +1,154 @@
+"""Optuna studies: the recorded numbers, shared studies across worker processes on SQLite and on
+a real PostgreSQL server (with a worker killed mid-trial), and the outputs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import optuna
+import pytest
+
+import unrolled
+from studies import bias_variance
+from studies import storage as storage_lib
+from studies import tuning
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--study=bias_variance", "--problem=influence_balancing", "--problem_option=horizon=20",
+        "--estimators=rtrl,tbptt,uoro", "--num_steps=5,10", "--num_chains=1,2",
+        "--num_samples=16"]
+
+
+def study_cmd(*args):
+  return [sys.executable, "-m", "launch.study", *args]
+
+
+def test_bias_variance_numbers_on_the_toy_regression(tmp_path):
+  ctx = bias_variance.Context("toy_regression", {}, ("rtrl",), (10,), (8,), (0.01, 0.01), (1,),
+                              64, 0, "full_bptt", str(tmp_path))
+  problem = bias_variance.make_problem(ctx)
+  exact = lambda c, w: bias_variance.cached_exact(ctx, problem, c, w)
+
+  def run(estimator, **kw):
+    kw = {"num_steps": 10, "num_particles": 8, "sigma": 0.01, "num_chains": 1, **kw}
+    return bias_variance.measure(problem, estimator, num_samples=64, seed=0,
+                                 exact_mean_fn=exact, **kw)
+
+  rtrl = run("rtrl")
+  assert rtrl["bias2"] < 1e-8 * rtrl["exact_norm2"] and rtrl["variance"] < 1e-8
+  tbptt = run("tbptt")
+  assert tbptt["relative_bias2"] > 0.5 and tbptt["variance"] < 1e-8
+  pes = run("pes")
+  assert pes["variance"] > 0 and pes["bias2_debiased"] < 5 * pes["bias2_se"] + 1e-3
+  pes4 = run("pes", num_chains=4)
+  assert pes4["variance"] < pes["variance"] / 2  # 4 chains: about a quarter
+  assert pes4["inner_steps"] == 4 * pes["inner_steps"] == 4 * 8 * 100
+  assert all(r["cost_seconds"] > 0 and r["cost_plain_steps"] > 0 for r in (rtrl, tbptt, pes))
+  # The exact gradients were cached once per chain and window length.
+  assert len(os.listdir(tmp_path / "exact_cache")) == 4
+
+
+def test_paired_exact_gradients_follow_the_window_keys(tmp_path):
+  """On a problem with random minibatches an exact estimator has zero paired variance, whatever
+  its window length: its exact reference uses the same step keys."""
+  options = {"width": 8, "depth": 1, "horizon": 20, "schedule": "piecewise_linear",
+             "num_knots": 3}
+  ctx = bias_variance.Context("digits_mlp", options, ("rtrl",), (5,), (2,), (0.01, 0.01), (1,),
+                              8, 0, "full_bptt", str(tmp_path))
+  problem = bias_variance.make_problem(ctx)
+  for window in (5, 10):
+    r = bias_variance.measure(problem, "rtrl", num_steps=window, num_particles=2, sigma=0.01,
+                              num_chains=2, num_samples=8, seed=0,
+                              exact_mean_fn=lambda c, w: bias_variance.cached_exact(ctx, problem,
+                                                                                    c, w))
+    assert r["relative_mse"] < 1e-8, (window, r["relative_mse"])
+    assert r["total_variance"] > 0  # the minibatches do differ between samples
+
+
+def load(url, name):
+  return optuna.load_study(study_name=name, storage=storage_lib.make_storage(url))
+
+
+def test_two_sqlite_workers_share_one_study_and_a_rerun_continues_it(tmp_path):
+  out_dir = str(tmp_path / "study")
+  url = storage_lib.default_storage_url(out_dir)
+  run = subprocess.run(study_cmd(*TINY, "--n_trials=6", "--n_workers=2", "--study_name=s",
+                                 f"--output_dir={out_dir}"), cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  trials = load(url, "s").trials
+  assert sorted(t.number for t in trials) == list(range(6))
+  assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+  assert all("bias2" in t.user_attrs and len(t.values) == 3 for t in trials)
+  for name in ("trials.csv", "bias2_vs_variance.png", "cost_vs_mse.png",
+               "optimization_history.png", "summary.md"):
+    assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
+  assert len(os.listdir(os.path.join(out_dir, "tensorboard"))) == 6
+  assert "| trial | estimator |" in run.stdout
+  # Rerunning continues the study up to the new target instead of starting over.
+  run = subprocess.run(study_cmd(*TINY, "--n_trials=8", "--study_name=s",
+                                 f"--output_dir={out_dir}"), cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "6 finished trials, running 2 more" in run.stdout
+  assert sorted(t.number for t in load(url, "s").trials) == list(range(8))
+
+
+def test_postgresql_worker_killed_mid_trial_is_failed_and_retried(postgres_url, tmp_path):
+  common = [*TINY, "--num_samples=256", f"--storage={postgres_url}", "--study_name=pg",
+            f"--output_dir={tmp_path}", "--heartbeat_interval=1", "--grace_period=3",
+            "--report=false"]
+  victim = subprocess.Popen(study_cmd(*common, "--worker_trials=1"), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 180
+  running = []
+  while time.time() < deadline and victim.poll() is None:
+    try:
+      running = [t for t in load(postgres_url, "pg").trials
+                 if t.state == optuna.trial.TrialState.RUNNING]
+    except KeyError:  # study not created yet
+      pass
+    if running:
+      break
+    time.sleep(0.05)
+  assert running, "the first worker never started a trial"
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  time.sleep(4)  # past the grace period: the trial's heartbeat is stale
+  rescuer = subprocess.run(study_cmd(*common, "--n_trials=2"), cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+  assert rescuer.returncode == 0, rescuer.stderr[-3000:]
+  trials = load(postgres_url, "pg").trials
+  killed = trials[running[0].number]
+  assert killed.state == optuna.trial.TrialState.FAIL
+  retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+  assert len(retries) == 1 and retries[0].state == optuna.trial.TrialState.COMPLETE
+  assert retries[0].params == killed.params
+  assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2
+
+
+def test_tuning_study_runs_every_kind_of_method(tmp_path):
+  ctx = tuning.Context("toy_regression", {"horizon": 20}, ("online:rtrl", "online:pes", "tpe"),
+                       (0,), 2000, 4, 10, 4, 0.1, "adam", 0.05, 2.0, 4)
+  problem = tuning.make_problem(ctx)
+  for method in ctx.methods:
+    if method.startswith("online:"):
+      curve, theta, extra = tuning.run_online(ctx, problem, method.split(":")[1], 0)
+    else:
+      curve, theta, extra = tuning.run_black_box(ctx, problem, method, 0)
+      assert extra["pruned_trials"] > 0, "MedianPruner should stop some trials early"
+      assert extra["search_trials"] > 2000 // 20  # pruned trials cost less than a horizon
+    steps = [s for s, _ in curve]
+    assert steps[0] == 0 and steps == sorted(steps) and steps[-1] <= ctx.budget
+    assert steps[-1] >= 0.8 * ctx.budget
+    assert np.all(np.isfinite([v for _, v in curve])) and len(theta) == 2
+
+
+def test_storage_urls():
+  with pytest.raises(ValueError, match="sqlite:///PATH, journal:///PATH"):
+    storage_lib.make_storage("mysql://nope")
+  s = storage_lib.make_storage("journal:///" + os.path.join("/tmp", f"metaopt-{os.getpid()}.log"))
+  assert isinstance(s, optuna.storages.JournalStorage)
