@@ -110,9 +110,10 @@ def run_black_box(ctx, problem, method, seed):
       return problem.evaluate(state).get("validation_loss", jnp.mean(losses))
     return jnp.mean(losses)
 
-  evaluate = evaluator(problem, seed)
+  evaluate_tree = evaluator(problem, seed)
+  evaluate = lambda flat: evaluate_tree(unravel(jnp.asarray(flat)))
   spent, best_theta = 0, theta0
-  curve = [(0, evaluate(jnp.asarray(theta0)))]
+  curve = [(0, evaluate(theta0))]
   trial_index = 0
   while spent < ctx.budget:
     trial = search.ask()
@@ -149,7 +150,7 @@ def run_black_box(ctx, problem, method, seed):
     if completed:
       best = min(completed, key=lambda t: t.value)
       best_theta = np.array([best.params[f"theta_{i}"] for i in range(theta0.size)], np.float32)
-    curve.append((spent, evaluate(jnp.asarray(best_theta))))
+    curve.append((spent, evaluate(best_theta)))
   pruned_trials = sum(t.state == optuna.trial.TrialState.PRUNED for t in search.trials)
   return curve, best_theta.tolist(), {"pruned_trials": pruned_trials,
                                       "search_trials": len(search.trials)}

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.flatten_util
 import numpy as np
 import optuna
 import pytest
@@ -130,10 +132,16 @@ def test_postgresql_worker_killed_mid_trial_is_failed_and_retried(postgres_url, 
   assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2
 
 
-def test_tuning_study_runs_every_kind_of_method(tmp_path):
-  ctx = tuning.Context("toy_regression", {"horizon": 20}, ("online:rtrl", "online:pes", "tpe"),
+@pytest.mark.parametrize("problem_name, options", [
+    ("toy_regression", {"horizon": 20}),
+    ("digits_mlp", {"width": 8, "depth": 1, "horizon": 20, "schedule": "piecewise_linear",
+                    "num_knots": 3}),
+])
+def test_tuning_study_runs_every_kind_of_method(problem_name, options):
+  ctx = tuning.Context(problem_name, options, ("online:rtrl", "online:pes", "tpe"),
                        (0,), 2000, 4, 10, 4, 0.1, "adam", 0.05, 2.0, 4)
   problem = tuning.make_problem(ctx)
+  size = len(jax.flatten_util.ravel_pytree(problem.theta)[0])
   for method in ctx.methods:
     if method.startswith("online:"):
       curve, theta, extra = tuning.run_online(ctx, problem, method.split(":")[1], 0)
@@ -144,7 +152,7 @@ def test_tuning_study_runs_every_kind_of_method(tmp_path):
     steps = [s for s, _ in curve]
     assert steps[0] == 0 and steps == sorted(steps) and steps[-1] <= ctx.budget
     assert steps[-1] >= 0.8 * ctx.budget
-    assert np.all(np.isfinite([v for _, v in curve])) and len(theta) == 2
+    assert np.all(np.isfinite([v for _, v in curve])) and len(theta) == size
 
 
 def test_storage_urls():
