@@ -135,7 +135,7 @@ def run(num_steps, num_particles, repeats, horizon, estimators):
                                           repeats)
     plain_s, est_s = plain_s / num_steps, est_s / steps
     plain_times.append(plain_s)
-    label = f"{name}({num_particles})" if name in ("pes", "truncated_es") else name
+    label = f"{name}({num_particles})" if name in ("pes", "truncated_es", "nres") else name
     rows.append({"estimator": label, "seconds_per_step": est_s, "ratio": est_s / plain_s})
   rows.insert(0, {"estimator": "plain step", "seconds_per_step": float(np.median(plain_times)),
                   "ratio": 1.0})

@@ -38,8 +38,10 @@ _GRACE = flags.DEFINE_integer("grace_period", None, "Seconds without heartbeat b
 _MAX_RETRY = flags.DEFINE_integer("max_retry", 2, "Retries of a trial whose worker died.")
 _REPORT = flags.DEFINE_bool("report", True, "Write figures, CSV and TensorBoard at the end.")
 # bias_variance
-_ESTIMATORS = flags.DEFINE_list("estimators", ["tbptt", "rtrl", "uoro", "pes"],
-                                "Estimators the trials choose from.")
+_ESTIMATORS = flags.DEFINE_list(
+    "estimators", ["tbptt", "rtrl", "uoro", "pes"],
+    "Estimators the trials choose from; options in brackets separated by ';', e.g. "
+    "uoro[rho=variance;rank=4].")
 _NUM_STEPS = flags.DEFINE_list("num_steps", ["1", "5", "10", "20"], "Window lengths to choose from.")
 _NUM_PARTICLES = flags.DEFINE_list("num_particles", ["2", "8", "32"], "Particles to choose from.")
 _SIGMA = flags.DEFINE_list("sigma_range", ["0.001", "0.1"], "Log-uniform range of sigma.")
@@ -103,7 +105,11 @@ def build_context():
   os.makedirs(output_dir, exist_ok=True)
   if _STUDY.value == "bias_variance":
     from studies import bias_variance  # pylint: disable=g-import-not-at-top
-    unknown = sorted(set(_ESTIMATORS.value) - set(metaopt.ESTIMATORS))
+    try:
+      unknown = sorted({metaopt.parse_spec(e)[0] for e in _ESTIMATORS.value}
+                       - set(metaopt.ESTIMATORS))
+    except ValueError as e:
+      raise app.UsageError(f"--estimators: {e}") from None
     if unknown:
       raise app.UsageError(f"--estimators {unknown} unknown; choose from {metaopt.ESTIMATORS}")
     particles = _ints("num_particles", _NUM_PARTICLES.value)
@@ -188,11 +194,14 @@ def enqueue_grid(study, ctx):
   sigma = math.sqrt(ctx.sigma[0] * ctx.sigma[1])
   steps = [n for n in ctx.num_steps if horizon % n == 0]
   for est in ctx.estimators:
-    for k, c in itertools.product([horizon] if est == "full_bptt" else steps, ctx.num_chains):
+    name = est.split("[")[0]
+    for k, c in itertools.product([horizon] if name == "full_bptt" else steps, ctx.num_chains):
       params = {"estimator": est, "num_chains": c}
-      if est != "full_bptt":
+      if name != "full_bptt":
         params["num_steps"] = k
-      if est in ("pes", "truncated_es"):
+      if name == "reinforce":
+        study.enqueue_trial({**params, "sigma": sigma}, skip_if_exists=True)
+      elif name in ("pes", "truncated_es", "nres"):
         for n in ctx.num_particles:
           study.enqueue_trial({**params, "num_particles": n, "sigma": sigma},
                               skip_if_exists=True)

@@ -15,6 +15,7 @@ import datetime
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -25,9 +26,9 @@ from absl import logging
 _PROBLEM = flags.DEFINE_string("problem", "digits_mlp", "Inner problem, from unrolled.names().")
 _PROBLEM_OPTION = flags.DEFINE_multi_string(
     "problem_option", [], "key=value option of the problem (repeatable), e.g. horizon=300.")
-_ESTIMATOR = flags.DEFINE_enum(
-    "estimator", "rtrl", ["full_bptt", "tbptt", "rtrl", "uoro", "pes", "truncated_es"],
-    "Hypergradient estimator.")
+_ESTIMATOR = flags.DEFINE_string(
+    "estimator", "rtrl", "Hypergradient estimator: one of metaopt.ESTIMATORS, optionally with "
+    "options, e.g. uoro[rho=variance,rank=4].")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 10, "Inner steps per window (must divide the horizon).")
 _NUM_PARTICLES = flags.DEFINE_integer("num_particles", 8, "Particles of pes / truncated_es (even).")
 _SIGMA = flags.DEFINE_float("sigma", 0.01, "Perturbation scale of pes / truncated_es (> 0).")
@@ -82,11 +83,19 @@ def validate_flags():
   import unrolled  # pylint: disable=g-import-not-at-top
   if _PROBLEM.value not in unrolled.names():
     raise app.UsageError(f"--problem={_PROBLEM.value!r} is unknown; choose one of {unrolled.names()}")
-  if _ESTIMATOR.value in ("pes", "truncated_es") and (
+  import metaopt  # pylint: disable=g-import-not-at-top
+  try:
+    estimator = metaopt.parse_spec(_ESTIMATOR.value)[0]
+  except ValueError as e:
+    raise app.UsageError(f"--estimator: {e}") from None
+  if estimator not in metaopt.ESTIMATORS:
+    raise app.UsageError(f"--estimator={_ESTIMATOR.value!r} is unknown; choose one of "
+                         f"{list(metaopt.ESTIMATORS)}")
+  if estimator in ("pes", "truncated_es", "nres") and (
       _NUM_PARTICLES.value < 2 or _NUM_PARTICLES.value % 2):
     raise app.UsageError(f"--num_particles must be a positive even number (antithetic pairs), "
                          f"got {_NUM_PARTICLES.value}")
-  if _ESTIMATOR.value in ("pes", "truncated_es") and not _SIGMA.value > 0:
+  if estimator in ("pes", "truncated_es", "nres", "reinforce") and not _SIGMA.value > 0:
     raise app.UsageError(f"--sigma must be > 0, got {_SIGMA.value}")
   for flag in (_NUM_STEPS, _NUM_CHAINS, _OUTER_STEPS, _CHECKPOINT_EVERY):
     if flag.value < 1:
@@ -99,12 +108,12 @@ def validate_flags():
   except (ValueError, TypeError) as e:
     raise app.UsageError(f"--problem_option: {e}") from None
   horizon = problem.system.horizon
-  if _ESTIMATOR.value != "full_bptt" and horizon % _NUM_STEPS.value:
+  if estimator != "full_bptt" and horizon % _NUM_STEPS.value:
     raise app.UsageError(f"--num_steps={_NUM_STEPS.value} must divide the horizon of "
                          f"{_PROBLEM.value} ({horizon}); set --num_steps or "
                          f"--problem_option=horizon=...")
   logdir = _LOGDIR.value or os.path.join(
-      "runs", f"{_PROBLEM.value}-{_ESTIMATOR.value}-"
+      "runs", f"{_PROBLEM.value}-{re.sub(r'[^A-Za-z0-9_.=-]', '_', _ESTIMATOR.value)}-"
       f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
   check_logdir_writable(logdir)
   return problem, options, logdir
@@ -307,7 +316,8 @@ def main(argv):
 
 def _first_particle(inner, estimator):
   import jax  # pylint: disable=g-import-not-at-top
-  if estimator == "pes":  # pes keeps one inner state per particle
+  import metaopt  # pylint: disable=g-import-not-at-top
+  if metaopt.parse_spec(estimator)[0] in ("pes", "nres"):  # one inner state per particle
     return jax.tree.map(lambda x: x[0], inner)
   return inner
 

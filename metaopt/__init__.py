@@ -11,9 +11,17 @@ from metaopt._src.base import full_unroll
 from metaopt._src.base import split_window_key
 from metaopt._src.base import UnrolledSystem
 from metaopt._src.base import WindowKeys
+from metaopt._src.forward_gradient import forward_gradient
+from metaopt._src.forward_gradient import ForwardGradientState
+from metaopt._src.nres import nres
+from metaopt._src.nres import NRESState
 from metaopt._src.pes import pes
 from metaopt._src.pes import PESState
+from metaopt._src.reinforce import reinforce
+from metaopt._src.reinforce import ReinforceState
 from metaopt._src.registry import ESTIMATORS
+from metaopt._src.registry import copies_per_step
+from metaopt._src.registry import parse_spec
 from metaopt._src.registry import get_estimator
 from metaopt._src.registry import window_length
 from metaopt._src.rtrl import rtrl
@@ -34,13 +42,21 @@ __version__ = "0.1.0"
 
 __all__ = (
     "checkpoint",
+    "copies_per_step",
     "Estimator",
     "ESTIMATORS",
     "full_bptt",
+    "forward_gradient",
+    "ForwardGradientState",
     "full_unroll",
     "get_estimator",
+    "nres",
+    "NRESState",
+    "parse_spec",
     "pes",
     "PESState",
+    "reinforce",
+    "ReinforceState",
     "rtrl",
     "RTRLState",
     "split_window_key",

@@ -31,6 +31,7 @@ import metaopt
 import unrolled
 
 OBJECTIVES = ("bias2", "variance", "cost_seconds")
+PARTICLE_ESTIMATORS = ("pes", "truncated_es", "nres")
 DIRECTIONS = ["minimize"] * 3
 
 
@@ -170,8 +171,7 @@ def measure(problem, estimator, *, num_steps, num_particles, sigma, num_chains, 
 
 
 def inner_steps_per_estimate(estimator, horizon, num_chains, num_particles):
-  copies = {"pes": num_particles, "truncated_es": num_particles + 1}.get(estimator, 1)
-  return horizon * num_chains * copies
+  return horizon * num_chains * metaopt.copies_per_step(estimator, num_particles)
 
 
 def summarise(g, exact, seconds_per_estimate, plain_seconds, inner_steps):
@@ -184,11 +184,15 @@ def summarise(g, exact, seconds_per_estimate, plain_seconds, inner_steps):
   # Var(|mean d|^2) by the delta method: 4 sum_j bias_j^2 var_j / M (+ a second-order term).
   bias2_se = float(np.sqrt(4 * np.sum(bias**2 * var_coord) / m + 2 * np.sum(var_coord**2) / m**2))
   variance = float(np.sum(var_coord))
+  sq_dev = np.sum((d - bias) ** 2, axis=1)
+  variance_se = float(sq_dev.std(ddof=1) / np.sqrt(m))
   total_variance = float(np.sum(g.var(0, ddof=1)))
   scale = float(np.sum(exact.mean(0) ** 2))
   out = {
       "bias2": bias2, "bias2_se": bias2_se, "bias2_debiased": bias2 - variance / m,
-      "variance": variance, "variance_per_coordinate": var_coord.tolist(),
+      "variance": variance, "variance_se": variance_se,
+      "variance_per_coordinate": var_coord.tolist(),
+      "variance_x_cost": variance * seconds_per_estimate / plain_seconds,
       "total_variance": total_variance, "mse": bias2 + variance,
       "exact_norm2": scale, "relative_bias2": bias2 / scale, "relative_variance": variance / scale,
       "relative_mse": (bias2 + variance) / scale,
@@ -214,11 +218,13 @@ def objective(ctx: Context):
 
   def fn(trial):
     estimator = trial.suggest_categorical("estimator", list(ctx.estimators))
-    num_steps = (horizon if estimator == "full_bptt"
+    name = metaopt.parse_spec(estimator)[0]
+    num_steps = (horizon if name == "full_bptt"
                  else trial.suggest_categorical("num_steps", num_steps_choices))
     num_particles, sigma = 2, 0.01
-    if estimator in metaopt._src.registry.PARTICLE_ESTIMATORS:  # pylint: disable=protected-access
+    if name in PARTICLE_ESTIMATORS:
       num_particles = trial.suggest_categorical("num_particles", list(ctx.num_particles))
+    if name in PARTICLE_ESTIMATORS or name == "reinforce":
       sigma = trial.suggest_float("sigma", ctx.sigma[0], ctx.sigma[1], log=True)
     num_chains = trial.suggest_categorical("num_chains", list(ctx.num_chains))
     numbers = measure(problem, estimator, num_steps=num_steps, num_particles=num_particles,

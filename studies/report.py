@@ -13,7 +13,8 @@ import metaopt
 
 COLORS = {"full_bptt": "black", "tbptt": "tab:orange", "rtrl": "tab:blue", "uoro": "tab:green",
           "pes": "tab:red", "truncated_es": "tab:purple", "tpe": "tab:brown",
-          "random": "tab:gray"}
+          "random": "tab:gray", "nres": "tab:pink", "forward_gradient": "tab:olive",
+          "reinforce": "tab:cyan"}
 
 
 def _plt():
@@ -32,10 +33,13 @@ def label(trial):
   if "estimator" not in s:
     return str(s.get("method"))
   text = s["estimator"]
-  if s["estimator"] != "full_bptt":
+  name = text.split("[")[0]
+  if name != "full_bptt":
     text += f" K={s['num_steps']}"
-  if s["estimator"] in ("pes", "truncated_es"):
+  if name in ("pes", "truncated_es", "nres"):
     text += f" N={s['num_particles']} sigma={s['sigma']:.2g}"
+  if name == "reinforce":
+    text += f" sigma={s['sigma']:.2g}"
   if s.get("num_chains", 1) > 1:
     text += f" C={s['num_chains']}"
   return text
@@ -74,15 +78,18 @@ def write_csv(study, path):
 
 def pareto_table(study, trials=None):
   """The Pareto front (bias^2, variance, cost), or the given trials, as a markdown table."""
-  rows = ["| trial | estimator | bias^2 (± se) | variance | relative MSE | ms per estimate | "
-          "plain steps per estimate |", "|---|---|---|---|---|---|---|"]
+  rows = ["| trial | estimator | bias^2 (± se) | variance (± se) | relative MSE | ms per estimate "
+          "| plain steps per estimate | variance x plain steps |",
+          "|---|---|---|---|---|---|---|---|"]
   if trials is None:
     trials = sorted(study.best_trials, key=lambda t: t.user_attrs["cost_seconds"])
   for t in trials:
     a = t.user_attrs
     rows.append(f"| {t.number} | {label(t)} | {a['bias2']:.3g} (± {a['bias2_se']:.2g}) | "
-                f"{a['variance']:.3g} | {a['relative_mse']:.3g} | {1e3 * a['cost_seconds']:.3g} | "
-                f"{a['cost_plain_steps']:.1f} |")
+                f"{a['variance']:.3g} (± {a.get('variance_se', float('nan')):.2g}) | "
+                f"{a['relative_mse']:.3g} | {1e3 * a['cost_seconds']:.3g} | "
+                f"{a['cost_plain_steps']:.1f} | "
+                f"{a['variance'] * a['cost_plain_steps']:.3g} |")
   return "\n".join(rows)
 
 
@@ -97,7 +104,7 @@ def bias_variance_figures(study, folder):
   tiny = 1e-12
   for t in trials:
     a = t.user_attrs
-    est = a["settings"]["estimator"]
+    est = a["settings"]["estimator"].split("[")[0]
     ax.scatter(max(a["bias2"], tiny), max(a["variance"], tiny), color=COLORS.get(est, "k"),
                s=60 if t.number in front else 25, edgecolors="k" if t.number in front else "none",
                label=est)
@@ -113,7 +120,7 @@ def bias_variance_figures(study, folder):
   fig, ax = plt.subplots(figsize=(7, 5))
   for t in trials:
     a = t.user_attrs
-    est = a["settings"]["estimator"]
+    est = a["settings"]["estimator"].split("[")[0]
     ax.scatter(a["cost_plain_steps"], max(a["relative_mse"], tiny), color=COLORS.get(est, "k"),
                label=est)
   _legend_once_per_label(ax)
@@ -122,6 +129,20 @@ def bias_variance_figures(study, folder):
   paths.append(_save(fig, ax, os.path.join(folder, "cost_vs_mse.png"),
                      "cost per estimate (plain inner steps)", "relative MSE of one estimate",
                      "cost against MSE"))
+
+  # Variance against cost, one labelled point per estimator and option (variance x cost decides).
+  fig, ax = plt.subplots(figsize=(9, 6))
+  for t in trials:
+    a = t.user_attrs
+    est = a["settings"]["estimator"].split("[")[0]
+    x, y = a["cost_plain_steps"], max(a["variance"], tiny)
+    ax.errorbar(x, y, yerr=a.get("variance_se", 0), fmt="o", color=COLORS.get(est, "k"))
+    ax.annotate(label(t), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  paths.append(_save(fig, ax, os.path.join(folder, "variance_vs_cost.png"),
+                     "cost per estimate (plain inner steps)",
+                     "variance of one estimate (± standard error)", "variance against cost"))
   return paths
 
 

@@ -69,8 +69,7 @@ def run_online(ctx, problem, estimator, seed):
   est = metaopt.get_estimator(estimator, problem.system, num_steps=ctx.num_steps,
                               num_particles=ctx.num_particles, sigma=ctx.sigma)
   window = metaopt.window_length(estimator, problem.system, ctx.num_steps)
-  copies = {"pes": ctx.num_particles, "truncated_es": ctx.num_particles + 1}.get(estimator, 1)
-  per_outer = window * copies
+  per_outer = window * metaopt.copies_per_step(estimator, ctx.num_particles)
   outer_steps = max(1, ctx.budget // per_outer)
   meta = {"sgd": optax.sgd, "adam": optax.adam}[ctx.meta_optimizer](ctx.meta_lr)
   t = metaopt.tuner(est, meta)

@@ -21,7 +21,17 @@ EXACT = {
 }
 UNBIASED = {
     "uoro": lambda system, n: metaopt.uoro(system, num_steps=n),
+    "uoro_variance_rho": lambda system, n: metaopt.uoro(system, num_steps=n, rho="variance"),
+    "uoro_fixed_gaussian": lambda system, n: metaopt.uoro(system, num_steps=n, rho="fixed",
+                                                          noise="gaussian"),
+    "uoro_diagonal_shaping": lambda system, n: metaopt.uoro(system, num_steps=n,
+                                                            shaping="diagonal"),
+    "uoro_rank4": lambda system, n: metaopt.uoro(system, num_steps=n, rank=4),
     "pes": lambda system, n: metaopt.pes(system, num_steps=n, num_particles=4, sigma=0.01),
+    "nres": lambda system, n: metaopt.nres(system, num_steps=n, num_particles=4, sigma=0.01),
+    "forward_gradient": lambda system, n: metaopt.forward_gradient(system, num_steps=n),
+    # Unbiased for the noisy loop; its O(sigma^2) bias is far below the test's resolution.
+    "reinforce": lambda system, n: metaopt.reinforce(system, num_steps=n, sigma=1e-2),
 }
 ALL = {
     **EXACT, **UNBIASED,
@@ -29,6 +39,7 @@ ALL = {
     "truncated_es": lambda system, n: metaopt.truncated_es(system, num_steps=n, num_particles=4,
                                                            sigma=0.01),
 }
+ALL = {k: v for k, v in ALL.items() if not k.startswith("uoro_")}  # one uoro suffices here
 
 
 def flat(tree):
@@ -107,13 +118,20 @@ def _sample_estimates(est, system, theta, num_samples, num_steps, seed):
   return jax.jit(jax.vmap(one))(keys)
 
 
-@pytest.mark.parametrize("system_name", sorted(systems.SYSTEMS))
-@pytest.mark.parametrize("name", sorted(UNBIASED))
+# The original unbiased estimators on every system; the variants on two (one whose init depends
+# on theta), which keeps the suite's time in bounds.
+UNBIASED_CASES = sorted(
+    [(name, system) for name in ("uoro", "pes") for system in systems.SYSTEMS]
+    + [(name, system) for name in UNBIASED if name not in ("uoro", "pes")
+       for system in ("linear_init_dependent", "tanh_rnn")])
+
+
+@pytest.mark.parametrize("name, system_name", UNBIASED_CASES)
 def test_unbiased_estimators_mean_within_five_standard_errors(name, system_name):
   system, theta = systems.SYSTEMS[system_name]()
   num_steps = NUM_STEPS[system_name]
   est = UNBIASED[name](system, num_steps)
-  estimates, exacts = _sample_estimates(est, system, theta, 4000, num_steps, seed=3)
+  estimates, exacts = _sample_estimates(est, system, theta, 2000, num_steps, seed=3)
   diff = np.asarray(estimates - exacts, np.float64)
   mean = diff.mean(0)
   stderr = diff.std(0, ddof=1) / np.sqrt(diff.shape[0])
