@@ -45,3 +45,10 @@ def run_particles(system: base.UnrolledSystem, unravel, starts, thetas, step_key
 def init_particles(system: base.UnrolledSystem, unravel, init_key, thetas):
   """Each particle's initial state, made with its own perturbed theta."""
   return jax.vmap(lambda tv: system.init(init_key, unravel(tv)))(thetas)
+
+
+def init_particle_states(system: base.UnrolledSystem, key, theta, num_particles: int):
+  """Every particle's state at theta (no perturbation yet), and a zero (num_particles, H) array."""
+  theta_vec, unravel = base.ravel(theta)
+  thetas = jnp.broadcast_to(theta_vec, (num_particles, theta_vec.size))
+  return init_particles(system, unravel, key, thetas), jnp.zeros_like(thetas)

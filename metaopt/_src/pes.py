@@ -72,11 +72,8 @@ def pes(system: base.UnrolledSystem, *, num_steps: int, num_particles: int,
 
   def init(key, theta):
     base.check_init_args(system, key, theta)
-    theta_vec, unravel = base.ravel(theta)
-    thetas = jnp.broadcast_to(theta_vec, (num_particles, theta_vec.size))
-    inner = perturbations.init_particles(system, unravel, key, thetas)
-    return PESState(inner, jnp.zeros_like(thetas), base.initial_count(),
-                     base.key_data(key))
+    inner, zeros = perturbations.init_particle_states(system, key, theta, num_particles)
+    return PESState(inner, zeros, base.initial_count(), base.key_data(key))
 
   def unroll(state, theta, key):
     base.check_theta(theta)
