@@ -222,7 +222,6 @@ def main(argv):
   problem, options, logdir = validate_flags()
   # Heavy imports after validation: a bad flag costs no JAX start-up.
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import metaopt  # pylint: disable=g-import-not-at-top
 

@@ -1,7 +1,6 @@
 """Estimators against jax.grad of the full unroll: exact ones to float tolerance,
 unbiased ones statistically, truncated ones measurably biased."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

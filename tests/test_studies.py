@@ -13,7 +13,6 @@ import numpy as np
 import optuna
 import pytest
 
-import unrolled
 from studies import bias_variance
 from studies import storage as storage_lib
 from studies import tuning
