@@ -92,3 +92,17 @@ def test_bad_tuner_options():
     metaopt.tuner(metaopt.rtrl(system, num_steps=1), optax.sgd(0.1), num_chains=0)
   with pytest.raises(ValueError, match="max_grad_norm"):
     metaopt.tuner(metaopt.rtrl(system, num_steps=1), optax.sgd(0.1), max_grad_norm=-1.0)
+
+
+def test_an_update_that_would_overflow_theta_is_skipped():
+  problem = unrolled.get("influence_balancing", horizon=20)
+  state, infos = run_tuner(metaopt.rtrl(problem.system, num_steps=5), problem.theta, 3, 1e38)
+  assert np.all(np.isfinite(infos["theta"])) and int(state.num_skipped) == 3
+
+
+def test_running_variance_of_a_constant_hypergradient_is_zero():
+  system = metaopt.UnrolledSystem(init=lambda k, th: jnp.zeros(()),
+                                  step=lambda s, th, k: (s, th), horizon=4)
+  _, infos = run_tuner(metaopt.rtrl(system, num_steps=2), jnp.float32(0.5), 5, 0.0)
+  np.testing.assert_allclose(infos["grad_ema_mean"][-1], [2.0], rtol=1e-6)
+  np.testing.assert_allclose(infos["grad_ema_var"], 0.0, atol=1e-5)

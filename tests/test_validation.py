@@ -64,3 +64,34 @@ def test_bad_horizon_is_refused():
   system = metaopt.UnrolledSystem(init=lambda k, t: t, step=lambda s, t, k: (s, s), horizon=0)
   with pytest.raises(ValueError, match="horizon"):
     metaopt.rtrl(system, num_steps=1)
+
+
+def test_key_of_another_prng_implementation_is_refused():
+  system, theta = systems.linear_init_dependent(horizon=6)
+  with pytest.raises(ValueError, match="key: .*rbg"):
+    metaopt.rtrl(system, num_steps=2).init(jax.random.key(0, impl="rbg"), theta)
+
+
+@pytest.mark.parametrize("make", [
+    lambda s: metaopt.rtrl(s, num_steps=2),
+    lambda s: metaopt.uoro(s, num_steps=2, rank=2, rho="variance", shaping="diagonal"),
+    lambda s: metaopt.forward_gradient(s, num_steps=2),
+    lambda s: metaopt.reinforce(s, num_steps=2, sigma=0.01),
+    lambda s: metaopt.pes(s, num_steps=2, num_particles=2, sigma=0.01),
+])
+def test_state_and_loss_dtypes_other_than_theta_are_kept(make):
+  """bf16 state and float32 loss with float32 theta: no dtype promotion breaks the scan carry."""
+  def init(key, th):
+    return (jnp.ones(3) * th["a"]).astype(jnp.bfloat16)
+
+  def step(s, th, key):
+    s = (0.9 * s.astype(jnp.float32) + th["a"]).astype(jnp.bfloat16)
+    return s, jnp.sum(s.astype(jnp.float32) ** 2)
+
+  system = metaopt.UnrolledSystem(init, step, horizon=4)
+  theta = {"a": jnp.float32(0.1)}
+  est = make(system)
+  state = est.init(jax.random.key(0), theta)
+  for i in range(3):
+    state, grad, _ = jax.jit(est.unroll)(state, theta, jax.random.key(i))
+    assert grad["a"].dtype == jnp.float32 and bool(jnp.isfinite(grad["a"]))

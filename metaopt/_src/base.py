@@ -173,7 +173,17 @@ def check_system_shapes(system: UnrolledSystem, key: jax.Array, theta: PyTree) -
           f"{a.shape} {a.dtype} to {b.shape} {b.dtype}")
 
 
+def check_key(key: jax.Array) -> None:
+  """Estimator states keep keys as raw data of JAX's default PRNG implementation."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    impl, default = str(jax.random.key_impl(key)), str(jax.config.jax_default_prng_impl)
+    if impl != default:
+      raise ValueError(f"key: metaopt stores keys as raw data of the default PRNG implementation "
+                       f"({default}); got a {impl} key. Use jax.random.key(seed).")
+
+
 def check_init_args(system: UnrolledSystem, key: jax.Array, theta: PyTree) -> None:
+  check_key(key)
   check_theta(theta)
   check_system_shapes(system, key, theta)
 

@@ -79,7 +79,8 @@ def forward_gradient(system: base.UnrolledSystem, *, num_steps: int) -> base.Est
       f = base.flat_step(system, split, unravel, others, step_key)
       (floats, loss), (tangent, dloss), others = jax.jvp(f, (floats, theta_vec), (tangent, v),
                                                           has_aux=True)
-      return (split.merge(floats, others), tangent, directional + dloss), loss
+      return (split.merge(floats, others), tangent,
+              directional + dloss.astype(directional.dtype)), loss
 
     (inner, tangent, directional), losses = jax.lax.scan(
         body, (inner, tangent, jnp.zeros((), theta_vec.dtype)), keys.steps)

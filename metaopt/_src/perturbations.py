@@ -25,7 +25,8 @@ def antithetic_estimate(directions: jax.Array, losses: jax.Array, sigma: float) 
   num_particles = losses.shape[0]
   half = num_particles // 2
   diff = losses[:half] - losses[half:]
-  return directions[:half].T @ diff / (num_particles * sigma**2)
+  estimate = directions[:half].T @ diff.astype(directions.dtype)
+  return estimate / (num_particles * sigma**2)
 
 
 def run_particles(system: base.UnrolledSystem, unravel, starts, thetas, step_keys):

@@ -112,7 +112,7 @@ def reinforce(system: base.UnrolledSystem, *, num_steps: int, sigma: float,
         twin, twin_loss = system.step(twin, unravel(theta_vec), step_key)
       else:
         twin_loss = jnp.zeros_like(loss)
-      grad = grad + (loss - twin_loss) * score + direct
+      grad = grad + ((loss - twin_loss) * score + direct).astype(grad.dtype)
       return (split.merge(noisy, new_others), twin, score + score_step, grad), loss
 
     (inner, twin, score, grad), losses = jax.lax.scan(

@@ -81,7 +81,7 @@ def rtrl(system: base.UnrolledSystem, *, num_steps: int) -> base.Estimator:
       f = base.flat_step(system, split, unravel, others, step_key)
       (floats, loss), lin, others = jax.linearize(f, floats, theta_vec, has_aux=True)
       influence, dloss = jax.vmap(lin)(influence, basis)
-      return (split.merge(floats, others), influence, grad + dloss), loss
+      return (split.merge(floats, others), influence, grad + dloss.astype(grad.dtype)), loss
 
     (inner, influence, grad), losses = jax.lax.scan(
         body, (inner, influence, jnp.zeros_like(theta_vec)), keys.steps)

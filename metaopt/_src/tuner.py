@@ -21,8 +21,9 @@ class TunerState(NamedTuple):
     key: key data for the next outer step.
     step: outer steps taken.
     num_skipped: outer steps whose update was skipped for non-finite values.
-    grad_mean, grad_var: exponential moving mean and variance over time of
-      the (chain-averaged) hypergradient, flat (H,), bias-corrected by ``ema_weight``.
+    grad_mean, grad_sq_mean: exponential moving averages over time of the
+      (chain-averaged) hypergradient and of its square, flat (H,); divided by
+      ``ema_weight`` they are bias-corrected, and their difference gives the variance.
     ema_weight: 1 - decay^(number of finite steps), for the bias correction.
   """
   theta: Any
@@ -32,7 +33,7 @@ class TunerState(NamedTuple):
   step: jax.Array
   num_skipped: jax.Array
   grad_mean: jax.Array
-  grad_var: jax.Array
+  grad_sq_mean: jax.Array
   ema_weight: jax.Array
 
 
@@ -52,9 +53,10 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
   estimator states, vmapped, each with its own keys), averages their
   hypergradients and applies one meta-optimiser step to theta. Horizon resets
   happen inside the estimator. If any chain's hypergradient or loss is not
-  finite, theta and the meta-optimiser state are left unchanged, the step is
-  counted in ``num_skipped``, and the chains that failed restart from a fresh
-  horizon (their inner state may have diverged). The same key gives the same
+  finite, or the step would make theta non-finite, theta and the
+  meta-optimiser state are left unchanged, the step is counted in
+  ``num_skipped``, and the chains that failed restart from a fresh horizon
+  (their inner state may have diverged). The same key gives the same
   theta trajectory.
 
   Args:
@@ -93,6 +95,7 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
   unroll_chains = jax.vmap(estimator.unroll, in_axes=(0, None, 0))
 
   def init(key, theta):
+    base.check_key(key)
     base.check_theta(theta)
     key_chains, key_next = jax.random.split(key)
     theta_vec, _ = base.ravel(theta)
@@ -101,7 +104,7 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
         theta=theta, outer_state=meta_optimizer.init(theta),
         estimator_state=init_chains(jax.random.split(key_chains, num_chains), theta),
         key=base.key_data(key_next), step=jnp.zeros((), jnp.int32),
-        num_skipped=jnp.zeros((), jnp.int32), grad_mean=zeros, grad_var=zeros,
+        num_skipped=jnp.zeros((), jnp.int32), grad_mean=zeros, grad_sq_mean=zeros,
         ema_weight=jnp.zeros((), theta_vec.dtype))
 
   def update(state):
@@ -118,27 +121,34 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     updates, outer_state = meta_optimizer.update(unravel(safe_grad), state.outer_state,
                                                  state.theta)
     theta = optax.apply_updates(state.theta, updates)
+    # A finite hypergradient can still overflow theta (a huge step): that counts as non-finite too.
+    finite = finite & jnp.all(jnp.isfinite(base.ravel(theta)[0]))
+    safe_grad = jnp.where(finite, grad, 0.0)
     theta = base.select_tree(finite, theta, state.theta)
     outer_state = base.select_tree(finite, outer_state, state.outer_state)
     est_state = jax.lax.cond(
         finite, lambda: est_state,
         lambda: _reset_failed(chain_ok, est_state,
                               init_chains(jax.random.split(key_reset, num_chains), theta)))
+    # Exponential moving averages of g and g^2 (bias-corrected by ema_weight when read).
     weight = jnp.where(finite, ema_decay * state.ema_weight + (1 - ema_decay), state.ema_weight)
-    delta = safe_grad - state.grad_mean
-    grad_mean = jnp.where(finite, state.grad_mean + (1 - ema_decay) * delta, state.grad_mean)
-    grad_var = jnp.where(finite, ema_decay * (state.grad_var + (1 - ema_decay) * delta**2),
-                         state.grad_var)
+    grad_mean = jnp.where(finite, ema_decay * state.grad_mean + (1 - ema_decay) * safe_grad,
+                          state.grad_mean)
+    grad_sq_mean = jnp.where(finite,
+                             ema_decay * state.grad_sq_mean + (1 - ema_decay) * safe_grad**2,
+                             state.grad_sq_mean)
     new_state = TunerState(theta, outer_state, est_state, base.key_data(key_next),
                            state.step + 1, state.num_skipped + (~finite).astype(jnp.int32),
-                           grad_mean, grad_var, weight)
+                           grad_mean, grad_sq_mean, weight)
+    safe_weight = jnp.maximum(weight, 1e-12)
+    ema_mean = grad_mean / safe_weight
     info = {name: jnp.mean(value) for name, value in metrics.items()}
     info.update(grad=grad, chain_grads=chain_grads,
                 chain_variance=jnp.var(chain_grads, axis=0, ddof=1 if num_chains > 1 else 0),
                 finite=finite, num_skipped=new_state.num_skipped, step=new_state.step,
                 theta=base.ravel(theta)[0],
-                grad_ema_mean=grad_mean / jnp.maximum(weight, 1e-12),
-                grad_ema_var=grad_var / jnp.maximum(weight, 1e-12))
+                grad_ema_mean=ema_mean,
+                grad_ema_var=jnp.maximum(grad_sq_mean / safe_weight - ema_mean**2, 0.0))
     return new_state, info
 
   def run(state, num_updates):

@@ -172,9 +172,8 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str = "norm",
       theta_tilde = jax.vmap(lambda uk: init_vjp([x / qi for x, qi in zip(uk, q)])[0])(u)
       rho_ = jnp.sqrt((jnp.linalg.norm(theta_tilde, axis=1) + epsilon)
                       / (jax.vmap(_norm)(nu) + epsilon))
-      return (split.merge(floats, others), [r_ * n for r_, n in
-                                            zip([_bcast(rho_, x) for x in nu], nu)],
-              theta_tilde / rho_[:, None])
+      return (split.merge(floats, others), [_bcast(rho_, n) * n for n in nu],
+              theta_tilde / rho_[:, None].astype(theta_tilde.dtype))
 
     inner, s_tilde, theta_tilde = jax.lax.cond(
         fresh, start, lambda: (state.inner, state.s_tilde, state.theta_tilde))
@@ -201,7 +200,9 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str = "norm",
       nu = [qi * ui for qi, ui in zip(q, u)]
       b2 = over_ranks(lambda uk: theta_t(([x / qi for x, qi in zip(uk, q)],
                                           jnp.zeros_like(loss)))[0])(u)
-      grad = grad + jnp.mean(dloss_s[:, None] * theta_tilde, axis=0) + dloss_theta
+      # The loss may have another float dtype than theta: keep the carry in theta's.
+      grad = grad + (jnp.mean(dloss_s[:, None] * theta_tilde, axis=0)
+                     + dloss_theta).astype(grad.dtype)
       theta_norm = jnp.linalg.norm(theta_tilde, axis=1)
       a1_norm, nu_norm = jax.vmap(_norm)(a1), jax.vmap(_norm)(nu)
       b2_norm = jnp.linalg.norm(b2, axis=1)
@@ -218,7 +219,8 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str = "norm",
                            / (jnp.abs(c_a1) * b2_norm + epsilon))
           rho0 = rho1 * jnp.clip(ratio, ratio_norm / 10, ratio_norm * 10)
       s_tilde = [_bcast(rho0, a) * a + _bcast(rho1, n) * n for a, n in zip(a1, nu)]
-      theta_tilde = theta_tilde / rho0[:, None] + b2 / rho1[:, None]
+      theta_tilde = (theta_tilde / rho0[:, None].astype(theta_tilde.dtype)
+                     + b2 / rho1[:, None].astype(theta_tilde.dtype))
       if shaping == "diagonal":
         now = jnp.stack([jnp.mean(jnp.square(ci)) for ci in c]).astype(energy.dtype)
         energy = energy_decay * energy + (1 - energy_decay) * now
@@ -253,5 +255,5 @@ def _single_rank(f):
 
 
 def _bcast(per_rank, like):
-  """A (rank,) vector shaped to multiply a (rank, ...) array."""
-  return per_rank.reshape(per_rank.shape + (1,) * (like.ndim - 1))
+  """A (rank,) vector shaped (and typed) to multiply a (rank, ...) array of another dtype."""
+  return per_rank.reshape(per_rank.shape + (1,) * (like.ndim - 1)).astype(like.dtype)
