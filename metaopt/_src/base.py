@@ -234,6 +234,16 @@ def flat_step(system: UnrolledSystem, split: StateSplit, unravel: Callable,
   return f
 
 
+def flat_init(system: UnrolledSystem, split: StateSplit, unravel: Callable,
+              init_key: jax.Array) -> Callable:
+  """``init`` as a function of flat theta -> (float state leaves, other leaves); ``init_key`` is key data."""
+
+  def f(theta_vec):
+    return split.split(system.init(as_key(init_key), unravel(theta_vec)))
+
+  return f
+
+
 def tree_sq_norm(tree: PyTree) -> jax.Array:
   return sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree))
 

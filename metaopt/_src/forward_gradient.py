@@ -65,8 +65,7 @@ def forward_gradient(system: base.UnrolledSystem, *, num_steps: int) -> base.Est
 
     def fresh():
       v = jax.random.normal(keys.noise, theta_vec.shape, theta_vec.dtype)
-      def init_flat(tv):
-        return split.split(system.init(base.as_key(state.init_key), unravel(tv)))
+      init_flat = base.flat_init(system, split, unravel, state.init_key)
       floats, tangent, others = jax.jvp(init_flat, (theta_vec,), (v,), has_aux=True)
       return split.merge(floats, others), v, tangent
 

@@ -87,8 +87,7 @@ def reinforce(system: base.UnrolledSystem, *, num_steps: int, sigma: float,
     split = base.StateSplit.of(state.inner)
 
     def start():
-      def init_flat(tv):
-        return split.split(system.init(base.as_key(state.init_key), unravel(tv)))
+      init_flat = base.flat_init(system, split, unravel, state.init_key)
       floats, init_vjp, others = jax.vjp(init_flat, theta_vec, has_aux=True)
       noisy, u = perturb(floats, noise_keys[-1])
       (score,) = init_vjp([n / sigma for n in u])

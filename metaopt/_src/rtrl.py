@@ -66,9 +66,7 @@ def rtrl(system: base.UnrolledSystem, *, num_steps: int) -> base.Estimator:
     split = base.StateSplit.of(state.inner)
 
     def fresh():
-      def init_flat(tv):
-        floats, others = split.split(system.init(base.as_key(state.init_key), unravel(tv)))
-        return floats, others
+      init_flat = base.flat_init(system, split, unravel, state.init_key)
       floats, lin, others = jax.linearize(init_flat, theta_vec, has_aux=True)
       return split.merge(floats, others), jax.vmap(lin)(basis)
 

@@ -163,8 +163,7 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str = "norm",
     energy = jnp.where(fresh, 0.0, state.loss_grad_energy)
 
     def start():
-      def init_flat(tv):
-        return split.split(system.init(base.as_key(state.init_key), unravel(tv)))
+      init_flat = base.flat_init(system, split, unravel, state.init_key)
       floats, init_vjp, others = jax.vjp(init_flat, theta_vec, has_aux=True)
       q = noise_shape(energy, floats)
       u = _noise(noise_keys[-1], floats, rank, noise)
