@@ -23,6 +23,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from launch.files import write_atomic
+
 _PROBLEM = flags.DEFINE_string("problem", "digits_mlp", "Inner problem, from unrolled.names().")
 _PROBLEM_OPTION = flags.DEFINE_multi_string(
     "problem_option", [], "key=value option of the problem (repeatable), e.g. horizon=300.")
@@ -124,12 +126,7 @@ def run_config():
 
 
 def write_json_atomic(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=_json_default)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  write_atomic(path, json.dumps(obj, indent=2, default=_json_default))
 
 
 def _json_default(x):

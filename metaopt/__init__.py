@@ -11,6 +11,11 @@ from metaopt._src.base import full_unroll
 from metaopt._src.base import split_window_key
 from metaopt._src.base import UnrolledSystem
 from metaopt._src.base import WindowKeys
+from metaopt._src.elementwise import cell_outputs
+from metaopt._src.elementwise import elementwise_system
+from metaopt._src.elementwise import ElementwiseCell
+from metaopt._src.elementwise import ElementwiseSystem
+from metaopt._src.elementwise import RecurrentState
 from metaopt._src.forward_gradient import forward_gradient
 from metaopt._src.forward_gradient import ForwardGradientState
 from metaopt._src.nres import nres
@@ -26,6 +31,8 @@ from metaopt._src.registry import get_estimator
 from metaopt._src.registry import window_length
 from metaopt._src.rtrl import rtrl
 from metaopt._src.rtrl import RTRLState
+from metaopt._src.rtrl_elementwise import rtrl_elementwise
+from metaopt._src.rtrl_elementwise import RTRLElementwiseState
 from metaopt._src.tbptt import full_bptt
 from metaopt._src.tbptt import tbptt
 from metaopt._src.tbptt import TBPTTState
@@ -41,8 +48,12 @@ from metaopt._src.uoro import UOROState
 __version__ = "0.1.0"
 
 __all__ = (
+    "cell_outputs",
     "checkpoint",
     "copies_per_step",
+    "ElementwiseCell",
+    "elementwise_system",
+    "ElementwiseSystem",
     "Estimator",
     "ESTIMATORS",
     "full_bptt",
@@ -55,9 +66,12 @@ __all__ = (
     "parse_spec",
     "pes",
     "PESState",
+    "RecurrentState",
     "reinforce",
     "ReinforceState",
     "rtrl",
+    "rtrl_elementwise",
+    "RTRLElementwiseState",
     "RTRLState",
     "split_window_key",
     "SummaryWriter",

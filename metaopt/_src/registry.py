@@ -11,13 +11,14 @@ from metaopt._src.nres import nres
 from metaopt._src.pes import pes
 from metaopt._src.reinforce import reinforce
 from metaopt._src.rtrl import rtrl
+from metaopt._src.rtrl_elementwise import rtrl_elementwise
 from metaopt._src.tbptt import full_bptt
 from metaopt._src.tbptt import tbptt
 from metaopt._src.truncated_es import truncated_es
 from metaopt._src.uoro import uoro
 
 ESTIMATORS = ("full_bptt", "tbptt", "rtrl", "uoro", "pes", "truncated_es", "nres",
-              "forward_gradient", "reinforce")
+              "forward_gradient", "reinforce", "rtrl_elementwise")
 PARTICLE_ESTIMATORS = ("pes", "truncated_es", "nres")
 
 
@@ -71,7 +72,7 @@ def get_estimator(spec: str, system: base.UnrolledSystem, *, num_steps: int,
     kwargs = {"num_steps": num_steps}
   make = {"full_bptt": full_bptt, "tbptt": tbptt, "rtrl": rtrl, "uoro": uoro, "pes": pes,
           "truncated_es": truncated_es, "nres": nres, "forward_gradient": forward_gradient,
-          "reinforce": reinforce}[name]
+          "reinforce": reinforce, "rtrl_elementwise": rtrl_elementwise}[name]
   try:
     return make(system, **{**kwargs, **options})
   except TypeError as e:

@@ -96,3 +96,9 @@ class SummaryWriter:
 
   def close(self) -> None:
     self._writer.close()
+
+  def __enter__(self) -> "SummaryWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -1,0 +1,234 @@
+r"""Train a recurrent network online on a memory stream with several gradient estimators.
+
+Here theta is the network's weights and the hidden state is the inner state:
+each estimator's window gradient updates the weights while the stream runs.
+Every estimator starts from the same weights and sees the same stream. Per
+estimator, TensorBoard curves go to <logdir>/<estimator>/ (online loss,
+evaluation accuracy and loss on a fresh stream with frozen weights); the
+comparison goes to <logdir>/summary.json and <logdir>/summary.md.
+
+Examples:
+  python -m launch.online_rnn --flagfile=launch/configs/online_recall.flags
+  python -m launch.online_rnn --cell=rtu_linear --task=t_maze --train_steps=20000 \
+      --estimators=rtrl_elementwise,uoro,tbptt[num_steps=4]
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import time
+
+from absl import app
+from absl import flags
+
+from launch.files import write_atomic
+
+_CELL = flags.DEFINE_enum("cell", "elstm", ["elstm", "rtu_linear", "rtu_nonlinear", "dense_tanh"],
+                          "Recurrent cell.")
+_TASK = flags.DEFINE_enum("task", "delayed_recall", ["delayed_recall", "t_maze"], "Stream task.")
+_TASK_OPTION = flags.DEFINE_multi_string("task_option", [],
+                                         "key=value option of the task, e.g. delay=20.")
+_HIDDEN_SIZE = flags.DEFINE_integer("hidden_size", 32, "Recurrent units.")
+_ESTIMATORS = flags.DEFINE_list(
+    "estimators", ["rtrl_elementwise", "uoro", "tbptt[num_steps=5]", "tbptt[num_steps=25]",
+                   "pes[num_steps=5]"],
+    "Estimator specs; an estimator's own num_steps=... overrides --num_steps.")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", 1, "Inner steps per window (weight update).")
+_NUM_PARTICLES = flags.DEFINE_integer("num_particles", 8, "Particles of pes / nres (even).")
+_SIGMA = flags.DEFINE_float("sigma", 0.01, "Perturbation scale of pes / nres.")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 50_000, "Inner (stream) steps per estimator.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 3e-3, "Adam learning rate of the weights.")
+_MAX_GRAD_NORM = flags.DEFINE_float("max_grad_norm", 1.0, "Clip each window's gradient norm.")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 2_000, "Inner steps between evaluations.")
+_EVAL_STEPS = flags.DEFINE_integer("eval_steps", 2_000, "Stream steps per evaluation.")
+_TARGET_ACCURACY = flags.DEFINE_float("target_accuracy", 0.95,
+                                      "Report the first step the evaluation reaches this.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the weights and the stream.")
+_LOGDIR = flags.DEFINE_string("logdir", None, "Run folder (default runs/online_rnn-<cell>-<task>-<time>).")
+
+
+def validate_flags():
+  """Every check that needs no compilation; raises app.UsageError naming the flag."""
+  import metaopt  # pylint: disable=g-import-not-at-top
+  import unrolled  # pylint: disable=g-import-not-at-top
+  from unrolled import online_rnn  # pylint: disable=g-import-not-at-top
+  for flag in (_HIDDEN_SIZE, _NUM_STEPS, _TRAIN_STEPS, _EVAL_EVERY, _EVAL_STEPS):
+    if flag.value < 1:
+      raise app.UsageError(f"--{flag.name} must be >= 1, got {flag.value}")
+  if not _LEARNING_RATE.value > 0:
+    raise app.UsageError(f"--learning_rate must be > 0, got {_LEARNING_RATE.value}")
+  if not _ESTIMATORS.value:
+    raise app.UsageError("--estimators is empty")
+  try:
+    task_options = unrolled.parse_options(_TASK_OPTION.value)
+    problem = online_rnn.online_rnn(cell=_CELL.value, task=_TASK.value,
+                                    hidden_size=_HIDDEN_SIZE.value, seed=_SEED.value,
+                                    eval_steps=_EVAL_STEPS.value, task_options=task_options)
+  except ValueError as e:
+    raise app.UsageError(f"--task_option / --cell: {e}") from None
+  windows = {}
+  for spec in _ESTIMATORS.value:
+    try:
+      name, options = metaopt.parse_spec(spec)
+    except ValueError as e:
+      raise app.UsageError(f"--estimators: {e}") from None
+    if name not in metaopt.ESTIMATORS or name == "full_bptt":
+      raise app.UsageError(f"--estimators: {spec!r} is not an online estimator; choose from "
+                           f"{[e for e in metaopt.ESTIMATORS if e != 'full_bptt']}")
+    if name == "rtrl_elementwise" and _CELL.value == "dense_tanh":
+      raise app.UsageError("--estimators: rtrl_elementwise needs an element-wise cell "
+                           "(elstm, rtu_linear, rtu_nonlinear), not dense_tanh")
+    window = options.get("num_steps", _NUM_STEPS.value)
+    if not isinstance(window, int) or window < 1 or _EVAL_EVERY.value % window:
+      raise app.UsageError(f"--estimators: {spec!r}: num_steps={window!r} must be a positive "
+                           f"int dividing --eval_every={_EVAL_EVERY.value}")
+    if problem.system.horizon % window:
+      raise app.UsageError(f"--estimators: {spec!r}: num_steps={window} must divide the "
+                           f"stream's horizon {problem.system.horizon}")
+    windows[spec] = window
+  if _TRAIN_STEPS.value % _EVAL_EVERY.value:
+    raise app.UsageError(f"--train_steps={_TRAIN_STEPS.value} must be a multiple of "
+                         f"--eval_every={_EVAL_EVERY.value}")
+  logdir = _LOGDIR.value or os.path.join(
+      "runs", f"online_rnn-{_CELL.value}-{_TASK.value}-"
+      f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+  if os.path.exists(os.path.join(logdir, "summary.json")):
+    raise app.UsageError(f"--logdir {logdir!r} already holds a finished comparison; "
+                         "choose another folder")
+  try:
+    os.makedirs(logdir, exist_ok=True)
+  except OSError as e:
+    raise app.UsageError(f"--logdir {logdir!r} is not writable: {e}") from None
+  return problem, windows, logdir
+
+
+def safe_name(spec):
+  return re.sub(r"[^A-Za-z0-9_.=-]", "_", spec)
+
+
+def train(problem, spec, window, writer):
+  """Online training with one estimator; returns its record for the summary."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import metaopt  # pylint: disable=g-import-not-at-top
+
+  est = metaopt.get_estimator(spec, problem.system, num_steps=_NUM_STEPS.value,
+                              num_particles=_NUM_PARTICLES.value, sigma=_SIGMA.value)
+  opt = optax.chain(optax.clip_by_global_norm(_MAX_GRAD_NORM.value),
+                    optax.adam(_LEARNING_RATE.value))
+  windows_per_chunk = _EVAL_EVERY.value // window
+  key = jax.random.key(_SEED.value)
+  k_init, k_train, k_eval = jax.random.split(key, 3)
+
+  @jax.jit
+  def chunk(carry, keys):
+    def body(carry, k):
+      est_state, theta, opt_state = carry
+      est_state, grad, metrics = est.unroll(est_state, theta, k)
+      updates, opt_state = opt.update(grad, opt_state, theta)
+      return (est_state, optax.apply_updates(theta, updates), opt_state), metrics["loss"]
+    carry, losses = jax.lax.scan(body, carry, keys)
+    return carry, jnp.sum(losses)
+
+  evaluate = jax.jit(problem.evaluate)
+  theta = problem.theta
+  carry = (est.init(k_init, theta), theta, opt.init(theta))
+  record = {"estimator": spec, "num_steps": window, "curve": []}
+  times, reached = [], None
+  num_chunks = _TRAIN_STEPS.value // _EVAL_EVERY.value
+  for c in range(num_chunks):
+    keys = jax.random.split(jax.random.fold_in(k_train, c), windows_per_chunk)
+    start = time.perf_counter()
+    carry, loss = chunk(carry, keys)
+    loss = float(loss)
+    if c:  # the first call compiles
+      times.append(time.perf_counter() - start)
+    step = (c + 1) * _EVAL_EVERY.value
+    ev = {k: float(v) for k, v in jax.device_get(evaluate(carry[1], k_eval)).items()}
+    writer.scalar("online/loss_per_step", loss / _EVAL_EVERY.value, step)
+    writer.scalar("eval/accuracy", ev["accuracy"], step)
+    writer.scalar("eval/loss", ev["loss"], step)
+    record["curve"].append([step, ev["accuracy"], ev["loss"]])
+    if reached is None and ev["accuracy"] >= _TARGET_ACCURACY.value:
+      reached = step
+    if not np.isfinite(loss):
+      record["diverged_at"] = step
+      break
+  record["steps_to_target"] = reached
+  record["final_accuracy"] = record["curve"][-1][1]
+  record["seconds_per_step"] = float(np.median(times)) / _EVAL_EVERY.value if times else None
+  return record
+
+
+def forward_seconds_per_step(problem):
+  """The plain forward step (stream, cell, readout loss), jit-compiled scan, median of 5."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  system = problem.system
+
+  @jax.jit
+  def run(state, theta, keys):
+    return jax.lax.scan(lambda s, k: system.step(s, theta, k), state, keys)
+
+  state = system.init(jax.random.key(0), problem.theta)
+  keys = jax.random.split(jax.random.key(1), _EVAL_EVERY.value)
+  jax.block_until_ready(run(state, problem.theta, keys))
+  times = []
+  for _ in range(5):
+    start = time.perf_counter()
+    jax.block_until_ready(run(state, problem.theta, keys))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times)) / _EVAL_EVERY.value
+
+
+def markdown(records, forward, problem):
+  lines = [f"{problem.description}; {_TRAIN_STEPS.value} stream steps, Adam "
+           f"lr {_LEARNING_RATE.value}, seed {_SEED.value}.", "",
+           f"| estimator | window | final accuracy | steps to {_TARGET_ACCURACY.value:.0%} | "
+           "time per step (µs) | ratio to forward step |", "|---|---|---|---|---|---|"]
+  for r in records:
+    sec = r["seconds_per_step"]
+    lines.append(f"| {r['estimator']} | {r['num_steps']} | {r['final_accuracy']:.3f} | "
+                 f"{r['steps_to_target'] or 'not reached'} | "
+                 f"{'-' if sec is None else f'{sec * 1e6:.1f}'} | "
+                 f"{'-' if sec is None else f'{sec / forward:.2f}'} |")
+  lines.append(f"\nforward step: {forward * 1e6:.2f} µs (stream + cell + readout loss, "
+               "jit-compiled scan); training times include the Adam update per window.")
+  return "\n".join(lines) + "\n"
+
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  problem, windows, logdir = validate_flags()
+  import metaopt  # pylint: disable=g-import-not-at-top
+  print(problem.description)
+  forward = forward_seconds_per_step(problem)
+  records = []
+  for spec, window in windows.items():
+    with metaopt.SummaryWriter(os.path.join(logdir, safe_name(spec))) as writer:
+      record = train(problem, spec, window, writer)
+    records.append(record)
+    ratio = (record["seconds_per_step"] or float("nan")) / forward
+    print(f"{spec:28s} final accuracy {record['final_accuracy']:.3f}, steps to "
+          f"{_TARGET_ACCURACY.value:.0%}: {record['steps_to_target'] or 'not reached'}, "
+          f"cost {ratio:.2f}x forward", flush=True)
+  summary = {"description": problem.description, "cell": _CELL.value, "task": _TASK.value,
+             "hidden_size": _HIDDEN_SIZE.value, "num_params": int(problem.num_params),
+             "task_options": _TASK_OPTION.value, "train_steps": _TRAIN_STEPS.value,
+             "learning_rate": _LEARNING_RATE.value, "seed": _SEED.value,
+             "forward_seconds_per_step": forward, "estimators": records}
+  write_atomic(os.path.join(logdir, "summary.json"), json.dumps(summary, indent=1))
+  table = markdown(records, forward, problem)
+  write_atomic(os.path.join(logdir, "summary.md"), table)
+  print("\n" + table + f"written to {logdir}/summary.json and summary.md")
+
+
+if __name__ == "__main__":
+  app.run(main)

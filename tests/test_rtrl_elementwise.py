@@ -1,0 +1,235 @@
+"""Structured RTRL for element-wise recurrent cells: exact against jax.grad and generic rtrl;
+the cells, the memory streams and the online-RNN launcher."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+
+import metaopt
+from unrolled import online_rnn
+from unrolled import streams
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ELEMENTWISE_CELLS = ["elstm", "rtu_linear", "rtu_nonlinear"]
+
+
+def flat(tree):
+  return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def f64(tree):
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
+
+
+def tiny(cell, *, hidden_size=3, horizon=6, init_dependent=False):
+  """A small online RNN; optionally with an initial hidden state that depends on the weights."""
+  problem = online_rnn.online_rnn(cell=cell, hidden_size=hidden_size, horizon=horizon,
+                                  task_options={"delay": 2, "num_symbols": 3})
+  system = problem.system
+  if init_dependent:
+    c = system.cell
+    initial = lambda p: 0.3 * jnp.tanh(sum(jnp.sum(x) for x in jax.tree.leaves(p))) * jnp.ones_like(
+        c.initial(p))
+    system = metaopt.elementwise_system(
+        c._replace(initial=initial), stream_init=system.stream_init, observe=system.observe,
+        readout_loss=system.readout_loss, horizon=horizon)
+  return system, problem.theta
+
+
+def windows_sum(est, system, theta, key, num_windows):
+  init_key, *window_keys = jax.random.split(key, num_windows + 1)
+  unroll = jax.jit(est.unroll)
+  state = est.init(init_key, theta)
+  total = jax.tree.map(jnp.zeros_like, theta)
+  for k in window_keys:
+    state, grad, _ = unroll(state, theta, k)
+    total = jax.tree.map(jnp.add, total, grad)
+  return flat(total), init_key, window_keys
+
+
+def exact_over_horizons(system, theta, init_key, window_keys, num_steps):
+  """jax.grad of each horizon's full unroll, replaying the estimator's keys."""
+  per_horizon = system.horizon // num_steps
+  total = 0.0
+  for h in range(len(window_keys) // per_horizon):
+    keys = [metaopt.split_window_key(k, num_steps)
+            for k in window_keys[h * per_horizon:(h + 1) * per_horizon]]
+    steps = jnp.concatenate([k.steps for k in keys])
+    total = total + flat(jax.grad(
+        lambda th: metaopt.full_unroll(system, th, init_key, steps)[1].sum())(theta))
+    init_key = keys[-1].next_init
+  return total
+
+
+@pytest.fixture
+def x64():
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", False)
+
+
+@pytest.mark.parametrize("init_dependent", [False, True], ids=["zero_init", "theta_init"])
+@pytest.mark.parametrize("cell", ELEMENTWISE_CELLS)
+def test_structured_rtrl_equals_grad_of_full_unroll(cell, init_dependent, x64):
+  system, theta = tiny(cell, init_dependent=init_dependent)
+  theta = f64(theta)
+  est = metaopt.rtrl_elementwise(system, num_steps=2)
+  got, init_key, window_keys = windows_sum(est, system, theta, jax.random.key(0), 6)  # 2 horizons
+  want = exact_over_horizons(system, theta, init_key, window_keys, 2)
+  assert got.dtype == np.float64
+  rel = np.max(np.abs(got - want)) / np.max(np.abs(want))
+  assert rel <= 1e-6, rel
+
+
+@pytest.mark.parametrize("cell", ELEMENTWISE_CELLS)
+def test_structured_rtrl_equals_generic_rtrl(cell, x64):
+  system, theta = tiny(cell, hidden_size=2, init_dependent=True)
+  theta = f64(theta)
+  structured, _, _ = windows_sum(metaopt.rtrl_elementwise(system, num_steps=3), system, theta,
+                                 jax.random.key(1), 4)
+  generic, _, _ = windows_sum(metaopt.rtrl(system, num_steps=3), system, theta,
+                              jax.random.key(1), 4)
+  np.testing.assert_allclose(structured, generic, rtol=1e-9, atol=1e-12)
+
+
+def test_traces_are_linear_in_the_weights():
+  """Memory: C x (weights per unit) per unit, i.e. C times the cell's weights, not a Jacobian."""
+  for cell, channels in (("elstm", 1), ("rtu_linear", 2)):
+    system, theta = tiny(cell, hidden_size=16)
+    state = metaopt.rtrl_elementwise(system, num_steps=2).init(jax.random.key(0), theta)
+    trace_size = sum(x.size for x in jax.tree.leaves(state.traces))
+    assert trace_size == channels * sum(x.size for x in jax.tree.leaves(theta["cell"]))
+
+
+def test_dense_cell_is_refused_but_generic_estimators_are_exact():
+  problem = online_rnn.online_rnn(cell="dense_tanh", hidden_size=3, horizon=4,
+                                  task_options={"delay": 1})
+  with pytest.raises(ValueError, match="ElementwiseSystem"):
+    metaopt.rtrl_elementwise(problem.system, num_steps=2)
+  est = metaopt.rtrl(problem.system, num_steps=2)
+  got, init_key, window_keys = windows_sum(est, problem.system, problem.theta,
+                                           jax.random.key(0), 2)
+  want = exact_over_horizons(problem.system, problem.theta, init_key, window_keys, 2)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_theta_layout_is_refused_before_compute():
+  system, theta = tiny("elstm")
+  est = metaopt.rtrl_elementwise(system, num_steps=2)
+  with pytest.raises(ValueError, match='"cell" and "readout"'):
+    est.init(jax.random.key(0), {"cell": theta["cell"]})
+  bad = {**theta, "cell": {**theta["cell"], "b_z": jnp.zeros(5)}}
+  with pytest.raises(ValueError, match="leading \\(unit\\) axis"):
+    est.init(jax.random.key(0), bad)
+  with pytest.raises(ValueError, match="num_steps"):
+    metaopt.rtrl_elementwise(system, num_steps=4)
+
+
+def test_unroll_is_not_retraced_and_state_is_checkpointable():
+  system, theta = tiny("rtu_nonlinear")
+  est = metaopt.rtrl_elementwise(system, num_steps=2)
+  traces = []
+
+  def counted(state, theta, key):
+    traces.append(None)
+    return est.unroll(state, theta, key)
+
+  unroll = jax.jit(counted)
+  state = est.init(jax.random.key(0), theta)
+  for i in range(3):
+    theta = jax.tree.map(lambda x: x + 0.01, theta)
+    state, _, _ = unroll(state, theta, jax.random.key(i))
+  assert len(traces) == 1
+  restored = jax.tree.map(jnp.asarray, jax.tree.map(np.asarray, state))
+  a = unroll(state, theta, jax.random.key(9))[1]
+  b = unroll(restored, theta, jax.random.key(9))[1]
+  np.testing.assert_array_equal(flat(a), flat(b))
+
+
+def run_stream(stream, n, seed=0):
+  def body(s, k):
+    s, x, target = stream.observe(s, k)
+    return s, (x, target)
+  _, (x, (label, mask)) = jax.lax.scan(body, stream.init(jax.random.key(seed)),
+                                      jax.random.split(jax.random.key(seed + 1), n))
+  return np.asarray(x), np.asarray(label), np.asarray(mask)
+
+
+def test_delayed_recall_asks_for_the_cue_seen_delay_steps_earlier():
+  delay, k = 7, 4
+  x, label, mask = run_stream(streams.delayed_recall(delay=delay, num_symbols=k), 80)
+  cue_steps = np.flatnonzero(x[:, k] == 1)
+  np.testing.assert_array_equal(cue_steps, np.arange(0, 80, delay + 1))
+  scored = np.flatnonzero(mask)
+  np.testing.assert_array_equal(scored, cue_steps[:len(scored)] + delay)
+  np.testing.assert_array_equal(label[scored], np.argmax(x[scored - delay, :k], axis=1))
+  assert len(set(label[scored])) > 1
+
+
+def test_t_maze_asks_for_the_cue_at_the_junction():
+  x, label, mask = run_stream(streams.t_maze(min_length=3, max_length=6), 200)
+  starts = np.flatnonzero(x[:, :2].sum(1) == 1)
+  junctions = np.flatnonzero(x[:, 3] == 1)
+  np.testing.assert_array_equal(np.flatnonzero(mask), junctions)
+  assert len(junctions) >= 20
+  for s, j in zip(starts, junctions):
+    assert 4 <= j - s <= 7  # cue, corridor of 3..6, junction
+    assert label[j] == np.argmax(x[s, :2])
+    assert np.all(x[s + 1:j, 2] == 1)  # the corridor in between
+  assert len(set(label[junctions])) == 2
+
+
+def test_stream_options_are_checked():
+  with pytest.raises(ValueError, match="delay"):
+    streams.delayed_recall(delay=0)
+  with pytest.raises(ValueError, match="min_length"):
+    streams.t_maze(min_length=5, max_length=2)
+  with pytest.raises(ValueError, match="unknown cell"):
+    online_rnn.online_rnn(cell="gru")
+
+
+def launch(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "launch.online_rnn", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_launch_online_rnn_trains_and_logs_every_estimator(tmp_path):
+  logdir = str(tmp_path / "run")
+  specs = ["rtrl_elementwise", "uoro", "tbptt[num_steps=4]", "pes[num_steps=4]"]
+  out = launch("--cell=rtu_linear", "--task=t_maze", "--hidden_size=4", "--train_steps=200",
+               "--eval_every=100", "--eval_steps=100", "--num_particles=2",
+               f"--estimators={','.join(specs)}", f"--logdir={logdir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.load(open(os.path.join(logdir, "summary.json")))
+  assert [r["estimator"] for r in summary["estimators"]] == specs
+  for spec, record in zip(specs, summary["estimators"]):
+    assert record["seconds_per_step"] > 0
+    acc = event_accumulator.EventAccumulator(os.path.join(logdir, spec.replace("[", "_")
+                                                          .replace("]", "_")))
+    acc.Reload()
+    accuracy = acc.Tensors("eval/accuracy")
+    assert [e.step for e in accuracy] == [100, 200]
+    assert [float(tensor_util.make_ndarray(e.tensor_proto)) for e in accuracy] == pytest.approx(
+        [c[1] for c in record["curve"]])
+  assert "| rtrl_elementwise |" in open(os.path.join(logdir, "summary.md")).read()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cell=dense_tanh", "--estimators=rtrl_elementwise"], "element-wise cell"),
+    (["--estimators=full_bptt"], "not an online estimator"),
+    (["--estimators=tbptt[num_steps=7]", "--eval_every=100", "--train_steps=200"],
+     "dividing --eval_every"),
+    (["--task_option=delay=0"], "delay"),
+])
+def test_launch_online_rnn_refuses_bad_flags(args, message, tmp_path):
+  out = launch(*args, f"--logdir={tmp_path / 'run'}", timeout=60)
+  assert out.returncode != 0
+  assert message in out.stderr

@@ -1,0 +1,152 @@
+"""Recurrent cells for online learning: eLSTM and RTUs (element-wise), and a dense tanh RNN.
+
+Each cell is a :class:`RecurrentLayer`: per-unit functions (a
+:class:`metaopt.ElementwiseCell`) plus a parameter initialiser that returns
+one row per unit. The dense tanh RNN is here for comparison: its recurrence
+mixes units, so only generic estimators apply to it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+import metaopt
+
+
+class RecurrentLayer(NamedTuple):
+  """A recurrent layer.
+
+  Attributes:
+    cell: per-unit functions, or None for a dense recurrence.
+    init_params: ``init_params(key, input_size, num_units) -> params`` (leading unit axis).
+    num_channels: C, the state size per unit.
+    num_outputs: O, the output size per unit.
+    dense_step: for a dense recurrence, ``dense_step(hidden (N, C), params, x) -> hidden``.
+  """
+  cell: metaopt.ElementwiseCell | None
+  init_params: Callable
+  num_channels: int
+  num_outputs: int
+  dense_step: Callable | None = None
+
+
+def _normal(key, shape, fan_in):
+  return jax.random.normal(key, shape) / math.sqrt(fan_in)
+
+
+def elstm(forget_bias: float = 1.0) -> RecurrentLayer:
+  """Element-wise LSTM ("quasi-LSTM", Irie et al. 2023): diagonal recurrent weights.
+
+  Per unit, with input rows W_z, W_f, W_o and recurrent scalars w_z, w_f::
+
+    z = tanh(W_z x + w_z c + b_z),  f = sigmoid(W_f x + w_f c + b_f)
+    c' = f c + (1 - f) z,           output = sigmoid(W_o x + b_o) c'
+
+  Args:
+    forget_bias: initial b_f (a positive value starts with some memory).
+  """
+
+  def initial(p):
+    return jnp.zeros((1,), p["b_z"].dtype)
+
+  def step(c, p, x):
+    z = jnp.tanh(p["W_z"] @ x + p["w_z"] * c[0] + p["b_z"])
+    f = jax.nn.sigmoid(p["W_f"] @ x + p["w_f"] * c[0] + p["b_f"])
+    return (f * c[0] + (1.0 - f) * z)[None]
+
+  def output(c, p, x):
+    return jax.nn.sigmoid(p["W_o"] @ x + p["b_o"]) * c
+
+  def init_params(key, input_size, num_units):
+    k = jax.random.split(key, 5)
+    n = num_units
+    return {"W_z": _normal(k[0], (n, input_size), input_size),
+            "W_f": _normal(k[1], (n, input_size), input_size),
+            "W_o": _normal(k[2], (n, input_size), input_size),
+            "w_z": jax.random.uniform(k[3], (n,), minval=-0.5, maxval=0.5),
+            "w_f": jax.random.uniform(k[4], (n,), minval=-0.5, maxval=0.5),
+            "b_z": jnp.zeros(n), "b_f": jnp.full(n, forget_bias), "b_o": jnp.zeros(n)}
+
+  return RecurrentLayer(metaopt.ElementwiseCell(initial, step, output), init_params, 1, 1)
+
+
+def rtu(*, linear: bool = True, activation: str = "tanh", r_min: float = 0.5,
+        r_max: float = 0.99, max_phase: float = 2 * math.pi) -> RecurrentLayer:
+  """Recurrent Trace Units (Elelimy et al. 2024): a complex-diagonal recurrence in real form.
+
+  Per unit, with modulus r = exp(-exp(nu_log)) (always in (0, 1): stable) and
+  phase = exp(theta_log), g = r cos(phase), phi = r sin(phase),
+  norm = sqrt(1 - r^2)::
+
+    a1 = g h1 - phi h2 + norm W1 x,   a2 = g h2 + phi h1 + norm W2 x
+
+  Linear RTU: h = (a1, a2), output act(h). Non-linear RTU: h = act(a1, a2),
+  output h.
+
+  Args:
+    linear: linear recurrence with the activation on the output (True) or
+      inside the recurrence (False).
+    activation: "tanh" or "relu".
+    r_min, r_max: initial moduli are drawn so that r^2 ~ U(r_min^2, r_max^2).
+    max_phase: initial phases ~ U(0, max_phase).
+  """
+  acts = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+  if activation not in acts:
+    raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
+  if not 0.0 <= r_min < r_max < 1.0:
+    raise ValueError(f"need 0 <= r_min < r_max < 1, got r_min={r_min}, r_max={r_max}")
+  act = acts[activation]
+
+  def initial(p):
+    return jnp.zeros((2,), p["nu_log"].dtype)
+
+  def step(h, p, x):
+    r = jnp.exp(-jnp.exp(p["nu_log"]))
+    phase = jnp.exp(p["theta_log"])
+    g, phi = r * jnp.cos(phase), r * jnp.sin(phase)
+    norm = jnp.sqrt(1.0 - r**2)
+    a = jnp.stack([g * h[0] - phi * h[1] + norm * (p["W1"] @ x),
+                   g * h[1] + phi * h[0] + norm * (p["W2"] @ x)])
+    return a if linear else act(a)
+
+  def output(h, p, x):
+    del p, x
+    return act(h) if linear else h
+
+  def init_params(key, input_size, num_units):
+    k = jax.random.split(key, 4)
+    u = jax.random.uniform(k[0], (num_units,))
+    r_sq = u * (r_max**2 - r_min**2) + r_min**2
+    phase = jnp.maximum(jax.random.uniform(k[1], (num_units,)), 1e-3) * max_phase
+    return {"nu_log": jnp.log(-0.5 * jnp.log(r_sq)), "theta_log": jnp.log(phase),
+            "W1": _normal(k[2], (num_units, input_size), input_size),
+            "W2": _normal(k[3], (num_units, input_size), input_size)}
+
+  return RecurrentLayer(metaopt.ElementwiseCell(initial, step, output), init_params, 2, 2)
+
+
+def dense_tanh() -> RecurrentLayer:
+  """A dense tanh RNN, h' = tanh(W_h h + W_x x + b): every unit reads every unit."""
+
+  def dense_step(h, p, x):
+    return jnp.tanh(p["W_h"] @ h[:, 0] + p["W_x"] @ x + p["b"])[:, None]
+
+  def init_params(key, input_size, num_units):
+    k1, k2 = jax.random.split(key)
+    return {"W_h": _normal(k1, (num_units, num_units), num_units) * 0.9,
+            "W_x": _normal(k2, (num_units, input_size), input_size),
+            "b": jnp.zeros(num_units)}
+
+  return RecurrentLayer(None, init_params, 1, 1, dense_step)
+
+
+CELLS = {
+    "elstm": elstm,
+    "rtu_linear": lambda: rtu(linear=True),
+    "rtu_nonlinear": lambda: rtu(linear=False),
+    "dense_tanh": dense_tanh,
+}
