@@ -38,6 +38,7 @@ from metaopt._src.tbptt import tbptt
 from metaopt._src.tbptt import TBPTTState
 from metaopt._src.truncated_es import truncated_es
 from metaopt._src.truncated_es import TruncatedESState
+from metaopt._src.sharding import shard_leading
 from metaopt._src.summary import SummaryWriter
 from metaopt._src.tuner import Tuner
 from metaopt._src.tuner import tuner
@@ -73,6 +74,7 @@ __all__ = (
     "rtrl_elementwise",
     "RTRLElementwiseState",
     "RTRLState",
+    "shard_leading",
     "split_window_key",
     "SummaryWriter",
     "tbptt",

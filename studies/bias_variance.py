@@ -87,7 +87,21 @@ def estimates(problem, est, window, num_chains, keys, batch_size=64):
         jnp.arange(num_chains))
     return jnp.mean(chains, axis=0)
 
-  return jax.lax.map(one, keys, batch_size=min(batch_size, keys.shape[0]))
+  return _sharded_map(one, keys, batch_size)
+
+
+def _sharded_map(fn, keys, batch_size):
+  """``fn`` over keys, vmapped in batches (bounded memory), each batch spread over the devices."""
+  data = jax.random.key_data(keys)
+  batch = min(batch_size, data.shape[0])
+  one_batch = lambda d: metaopt.shard_leading(
+      jax.vmap(lambda k: fn(jax.random.wrap_key_data(k)))(metaopt.shard_leading(d)))
+  num_full = data.shape[0] // batch
+  main = jax.lax.map(one_batch, data[:num_full * batch].reshape((num_full, batch) + data.shape[1:]))
+  main = main.reshape((num_full * batch,) + main.shape[2:])
+  if data.shape[0] == num_full * batch:
+    return main
+  return jnp.concatenate([main, one_batch(data[num_full * batch:])])
 
 
 def exact_grads(problem, exact, chain, keys, window):

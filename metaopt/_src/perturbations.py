@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from metaopt._src import base
+from metaopt._src import sharding
 
 
 def antithetic(key: jax.Array, theta_vec: jax.Array, num_particles: int,
@@ -40,12 +41,14 @@ def run_particles(system: base.UnrolledSystem, unravel, starts, thetas, step_key
     final, losses = jax.lax.scan(lambda s, k: system.step(s, theta, k), start, step_keys)
     return final, jnp.sum(losses)
 
-  return jax.vmap(one)(starts, thetas)
+  starts, thetas = sharding.shard_leading((starts, thetas))
+  return sharding.shard_leading(jax.vmap(one)(starts, thetas))
 
 
 def init_particles(system: base.UnrolledSystem, unravel, init_key, thetas):
   """Each particle's initial state, made with its own perturbed theta."""
-  return jax.vmap(lambda tv: system.init(init_key, unravel(tv)))(thetas)
+  thetas = sharding.shard_leading(thetas)
+  return sharding.shard_leading(jax.vmap(lambda tv: system.init(init_key, unravel(tv)))(thetas))
 
 
 def init_particle_states(system: base.UnrolledSystem, key, theta, num_particles: int):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from metaopt._src import base
+from metaopt._src import sharding
 
 
 class RTRLState(NamedTuple):
@@ -78,7 +79,8 @@ def rtrl(system: base.UnrolledSystem, *, num_steps: int) -> base.Estimator:
       floats, others = split.split(inner)
       f = base.flat_step(system, split, unravel, others, step_key)
       (floats, loss), lin, others = jax.linearize(f, floats, theta_vec, has_aux=True)
-      influence, dloss = jax.vmap(lin)(influence, basis)
+      influence, dloss = jax.vmap(lin)(*sharding.shard_leading((influence, basis)))
+      influence = sharding.shard_leading(influence)
       return (split.merge(floats, others), influence, grad + dloss.astype(grad.dtype)), loss
 
     (inner, influence, grad), losses = jax.lax.scan(

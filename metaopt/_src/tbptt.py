@@ -35,9 +35,12 @@ def tbptt(system: base.UnrolledSystem, *, num_steps: int, remat: bool = False) -
   Args:
     system: the unrolled inner problem.
     num_steps: window length; must divide ``system.horizon``.
-    remat: recompute each step's forward pass in the backward pass
-      (``jax.checkpoint``) instead of storing its activations: less memory,
-      about one more forward pass of compute.
+    remat: rematerialise (``jax.checkpoint``) instead of storing every
+      step's state and activations: the window is scanned in segments of
+      about sqrt(num_steps) steps and only the segments' first states are
+      kept; the backward pass recomputes one segment at a time. Memory grows
+      like sqrt(num_steps) instead of num_steps, for about one more forward
+      pass of compute.
 
   Returns:
     An :class:`~metaopt.Estimator`. ``metrics["loss"]`` is the window's summed loss.
@@ -54,7 +57,7 @@ def tbptt(system: base.UnrolledSystem, *, num_steps: int, remat: bool = False) -
   """
   horizon = base.check_horizon(system)
   base.check_num_steps(num_steps, horizon)
-  step = jax.checkpoint(system.step) if remat else system.step
+  segment = _segment_length(num_steps) if remat else num_steps
 
   def init(key, theta):
     base.check_init_args(system, key, theta)
@@ -69,7 +72,12 @@ def tbptt(system: base.UnrolledSystem, *, num_steps: int, remat: bool = False) -
       start = jax.lax.cond(state.count == 0,
                            lambda: system.init(base.as_key(state.init_key), th),
                            lambda: jax.lax.stop_gradient(state.inner))
-      final, losses = jax.lax.scan(lambda s, k: step(s, th, k), start, keys.steps)
+      run = lambda s, ks: jax.lax.scan(lambda s, k: system.step(s, th, k), s, ks)
+      if segment == num_steps:
+        final, losses = run(start, keys.steps)
+      else:  # keep only segment boundaries; recompute a segment's inside when differentiating
+        final, losses = jax.lax.scan(jax.checkpoint(run), start,
+                                     keys.steps.reshape((-1, segment) + keys.steps.shape[1:]))
       return jnp.sum(losses), final
 
     (loss, final), grad = jax.value_and_grad(window_loss, has_aux=True)(theta)
@@ -80,12 +88,19 @@ def tbptt(system: base.UnrolledSystem, *, num_steps: int, remat: bool = False) -
   return base.Estimator(init, unroll)
 
 
+def _segment_length(num_steps: int) -> int:
+  """The divisor of num_steps nearest to sqrt(num_steps)."""
+  divisors = [d for d in range(1, num_steps + 1) if num_steps % d == 0]
+  return min(divisors, key=lambda d: abs(d - num_steps ** 0.5))
+
+
 def full_bptt(system: base.UnrolledSystem, *, remat: bool = False) -> base.Estimator:
   """Exact backpropagation through a whole horizon: the offline reference.
 
   One ``unroll`` call runs the whole horizon from ``system.init`` and returns
   ``jax.grad`` of its summed loss (through every step and through ``init``).
-  Memory grows with the horizon unless ``remat=True``.
+  Memory grows with the horizon; ``remat=True`` makes it grow like
+  sqrt(horizon) at the cost of one more forward pass (see :func:`tbptt`).
 
   Examples:
     >>> import jax, jax.numpy as jnp, metaopt

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from metaopt._src import base
+from metaopt._src import sharding
 
 
 class TunerState(NamedTuple):
@@ -102,7 +103,8 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     zeros = jnp.zeros_like(theta_vec)
     return TunerState(
         theta=theta, outer_state=meta_optimizer.init(theta),
-        estimator_state=init_chains(jax.random.split(key_chains, num_chains), theta),
+        estimator_state=sharding.shard_leading(
+            init_chains(jax.random.split(key_chains, num_chains), theta)),
         key=base.key_data(key_next), step=jnp.zeros((), jnp.int32),
         num_skipped=jnp.zeros((), jnp.int32), grad_mean=zeros, grad_sq_mean=zeros,
         ema_weight=jnp.zeros((), theta_vec.dtype))
@@ -110,7 +112,9 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
   def update(state):
     key_unroll, key_reset, key_next = jax.random.split(base.as_key(state.key), 3)
     est_state, grads, metrics = unroll_chains(
-        state.estimator_state, state.theta, jax.random.split(key_unroll, num_chains))
+        sharding.shard_leading(state.estimator_state), state.theta,
+        jax.random.split(key_unroll, num_chains))
+    est_state = sharding.shard_leading(est_state)
     chain_grads = jax.vmap(lambda g: base.ravel(g)[0])(grads)
     chain_ok = jnp.all(jnp.isfinite(chain_grads), axis=1) & jnp.isfinite(metrics["loss"])
     finite = jnp.all(chain_ok)
