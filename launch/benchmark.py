@@ -11,6 +11,8 @@ scikit-learn's digits, meta-loss = validation loss after each step).
 Suites (``--suites``, all by default):
   headline     every estimator at 26k parameters, H=2 (log lr, log weight decay), num_steps=20,
                with the compile time of its first unroll;
+  breakdown    where the time goes on the headline problem: the step's primal, one JVP, one
+               linearisation, a VJP w.r.t. theta, a VJP w.r.t. the state (each as a ratio);
   params       ratio against the parameter count P (~5k to ~1M);
   hyperparams  ratio against H = 1, 2, 8, 64 (constant lr; lr + wd; 8 or 64 schedule knots);
   particles    pes against num_particles = 2 ... 256;
@@ -18,7 +20,8 @@ Suites (``--suites``, all by default):
   memory       peak memory (XLA's buffer assignment of the compiled program) against the horizon
                T = 20, 200, 2000, with full_bptt's rematerialisation trade;
   tuner        wall time per outer step beyond the estimator's compute, on a 10-D quadratic;
-  online_rnn   rtrl_elementwise / uoro / tbptt / rtrl on an online eLSTM against hidden size.
+  online_rnn   rtrl_elementwise / uoro / tbptt (and generic rtrl at 32 units) on an online eLSTM
+               against its hidden size, seconds per step and ratio.
 
 Writes results.json, results.md and PNG plots to --output_dir.
 
@@ -47,7 +50,7 @@ import metaopt
 import unrolled
 from unrolled import online_rnn
 
-SUITES = ("headline", "params", "hyperparams", "particles", "chains", "memory", "tuner",
+SUITES = ("headline", "breakdown", "params", "hyperparams", "particles", "chains", "memory", "tuner",
           "online_rnn")
 _SUITES = flags.DEFINE_list("suites", list(SUITES), f"Which suites to run, from {SUITES}.")
 _ESTIMATORS = flags.DEFINE_list(
@@ -59,6 +62,12 @@ _REPEATS = flags.DEFINE_integer("repeats", 15, "Timed repeats (median reported);
                                 "fewer on their largest problems.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None,
                                   "Where results go (default runs/benchmark-<time>).")
+_MEMORY_HORIZONS = flags.DEFINE_list("memory_horizons", ["20", "200", "2000"],
+                                     "Horizons T of the memory suite (num_steps=20 must divide).")
+_MEMORY_TIMING = flags.DEFINE_bool("memory_timing", True,
+                                   "Also time full_bptt with and without remat (T <= 200).")
+_MEMORY_PROBLEM = flags.DEFINE_enum("memory_problem", "digits", ["digits", "toy_regression"],
+                                    "Inner problem of the memory suite (digits: the 5k MLP).")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Also write the results JSON here.")
 
 PARTICLE = ("pes", "truncated_es", "nres")
@@ -184,6 +193,59 @@ def _sweep(points, build, estimators, repeats, num_steps=None):
   return rows
 
 
+def suite_breakdown(repeats):
+  """Times the pieces estimators are made of, per inner step, against the plain step."""
+  from metaopt._src import base  # pylint: disable=g-import-not-at-top
+  problem = digits()
+  system, theta = problem.system, problem.theta
+  theta_vec, unravel = base.ravel(theta)
+  state0 = system.init(jax.random.key(0), theta)
+  split = base.StateSplit.of(state0)
+  floats0, others = split.split(state0)
+  keys = jax.random.split(jax.random.key(1), _NUM_STEPS.value)
+  tangent = [0.01 * jnp.ones_like(x) for x in floats0]
+
+  def scanned(piece):
+    def body(floats, key):
+      f = base.flat_step(system, split, unravel, others, key)
+      new, extra = piece(f, floats)
+      # Keep every result alive (XLA would drop unused work), without changing the state.
+      keep = sum(jnp.sum(x) for x in jax.tree.leaves(extra))
+      return [x + 0 * keep for x in new], None
+    return jax.jit(lambda fl: jax.lax.scan(body, fl, keys)[0])
+
+  def primal(f, fl):
+    return f(fl, theta_vec)[0]
+
+  def jvp_state(f, fl):
+    (new, _), tan = jax.jvp(lambda s: f(s, theta_vec)[0], (fl,), (tangent,))
+    return new, tan
+
+  def linearize_jvp(f, fl):
+    (new, loss), lin, _ = jax.linearize(f, fl, theta_vec, has_aux=True)
+    return new, lin(tangent, jnp.zeros_like(theta_vec))
+
+  def vjp_theta_loss(f, fl):
+    (new, loss), pull = jax.vjp(lambda th: f(fl, th)[0], theta_vec)
+    return new, pull(([jnp.zeros_like(x) for x in new], jnp.ones_like(loss)))
+
+  def vjp_state(f, fl):  # what tbptt's backward pass does per step
+    (new, loss), pull = jax.vjp(lambda s: f(s, theta_vec)[0], fl)
+    return new, pull((tangent, jnp.ones_like(loss)))
+
+  pieces = {"primal step": primal, "JVP w.r.t. state": jvp_state,
+            "linearize + JVP": linearize_jvp, "VJP of loss w.r.t. theta": vjp_theta_loss,
+            "VJP of step w.r.t. state": vjp_state}
+  fns = [scanned(p) for p in pieces.values()]
+  args = [lambda out: (floats0 if out is None else out,)] * len(fns)
+  times = interleaved_medians(fns, args, repeats)
+  rows = [{"piece": name, "seconds_per_step": t / _NUM_STEPS.value, "ratio": t / times[0]}
+          for name, t in zip(pieces, times)]
+  for r in rows:
+    print(f"  {r['piece']}: {r['ratio']:.2f}", flush=True)
+  return {"problem": problem.description, "rows": rows}
+
+
 def suite_params(repeats):
   build = lambda wd: (digits(width=wd[0], depth=wd[1]), 1 if wd[0] <= 128 else 3)
   rows = _sweep(PARAMS_SWEEP, build, ["tbptt", "rtrl", "uoro", "pes"], repeats)
@@ -242,29 +304,35 @@ def peak_bytes(fn, *args):
 def suite_memory(repeats):
   rows = []
   window = 20
-  for horizon in (20, 200, 2000):
-    problem = digits(width=64, depth=1, horizon=horizon)
+  for horizon in sorted(int(t) for t in _MEMORY_HORIZONS.value):
+    problem = (digits(width=64, depth=1, horizon=horizon) if _MEMORY_PROBLEM.value == "digits"
+               else unrolled.toy_regression(horizon=horizon))
     theta, system = problem.theta, problem.system
     for name, est in [("full_bptt", metaopt.full_bptt(system)),
                       ("full_bptt(remat)", metaopt.full_bptt(system, remat=True))]:
       state = est.init(jax.random.key(0), theta)
       row = {"horizon": horizon, "estimator": name,
              "peak_bytes": peak_bytes(est.unroll, state, theta, jax.random.key(1))}
-      if horizon <= 200:  # the compute side of the trade
+      if horizon <= 200 and _MEMORY_TIMING.value:  # the compute side of the trade
         plain_s, est_s = ratio(system, theta, est, horizon, window, max(3, repeats // 3))
         row["ratio"] = est_s / plain_s
       rows.append(row)
     for name in ("tbptt", "rtrl", "uoro", "pes"):
       est = metaopt.get_estimator(name, system, num_steps=window, num_particles=8)
 
-      def whole_horizon(state, theta, keys, est=est):  # the online run over T steps
-        return jax.lax.scan(lambda s, k: est.unroll(s, theta, k)[:2], state, keys)
+      def whole_horizon(state, theta, key, est=est, windows=horizon // window):
+        # The online run over T steps; keys made inside, so no input grows with T.
+        def body(carry, _):  # a tuner consumes each window's grad; here they are summed
+          s, total, i = carry
+          s, grad, _ = est.unroll(s, theta, jax.random.fold_in(key, i))
+          return (s, jax.tree.map(jnp.add, total, grad), i + 1), None
+        zeros = jax.tree.map(jnp.zeros_like, theta)
+        return jax.lax.scan(body, (state, zeros, 0), None, length=windows)[0][:2]
 
       state = est.init(jax.random.key(0), theta)
-      keys = jax.random.split(jax.random.key(1), horizon // window)
       rows.append({"horizon": horizon, "estimator": label(name, 8),
-                   "peak_bytes": peak_bytes(whole_horizon, state, theta, keys)})
-    print(f"  T={horizon}: " + ", ".join(f"{r['estimator']} {r['peak_bytes'] / 2**20:.1f} MiB"
+                   "peak_bytes": peak_bytes(whole_horizon, state, theta, jax.random.key(1))})
+    print(f"  T={horizon}: " + ", ".join(f"{r['estimator']} {r['peak_bytes'] / 2**20:.3f} MiB"
                                          for r in rows if r["horizon"] == horizon), flush=True)
   return {"x": "horizon", "rows": rows}
 
@@ -323,7 +391,7 @@ def suite_tuner(repeats):
 def suite_online_rnn(repeats):
   rows = []
   window = 20
-  for hidden in (32, 128, 512):
+  for hidden in (32, 256, 2048, 8192):
     problem = online_rnn.online_rnn(cell="elstm", task="delayed_recall", hidden_size=hidden,
                                     task_options={"delay": 10})
     names = ["rtrl_elementwise", "uoro", "tbptt"] + (["rtrl"] if hidden == 32 else [])
@@ -387,22 +455,42 @@ def markdown(results):
         extra = f" ({[r for r in rows if r[x] == p][0]['num_params']} params)"
       out.append(f"| {p}{extra} | " + " | ".join(cells) + " |")
     out.append("")
+  if "online_rnn" in results:
+    rows = results["online_rnn"]["rows"]
+    names = list(dict.fromkeys(r["estimator"] for r in rows))
+    out += ["### Online eLSTM: µs per inner step against hidden size (window 20)", "",
+            "| hidden size (weights) | plain step | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 2) + "|"]
+    for h in dict.fromkeys(r["hidden_size"] for r in rows):
+      at = [r for r in rows if r["hidden_size"] == h]
+      cells = [next((f"{1e6 * r['seconds_per_step']:.1f}" for r in at if r["estimator"] == n), "")
+               for n in names]
+      plain = 1e6 * float(np.median([r["plain_seconds_per_step"] for r in at]))
+      out.append(f"| {h} ({at[0]['num_params']}) | {plain:.1f} | " + " | ".join(cells) + " |")
+    out.append("")
   if "memory" in results:
     rows = results["memory"]["rows"]
     names = list(dict.fromkeys(r["estimator"] for r in rows))
     horizons = sorted({r["horizon"] for r in rows})
     out += ["### Peak memory (MiB, XLA buffer assignment) against the horizon T", "",
-            "| estimator | " + " | ".join(f"T={t}" for t in horizons) + " | growth 10x T |",
-            "|---" * (len(horizons) + 2) + "|"]
+            "| estimator | " + " | ".join(f"T={t}" for t in horizons) + " | "
+            + " | ".join(f"growth T×{t // horizons[0]}" for t in horizons[1:]) + " |",
+            "|---" * (2 * len(horizons)) + "|"]
     for n in names:
       mem = [next(r["peak_bytes"] for r in rows if r["estimator"] == n and r["horizon"] == t)
              for t in horizons]
-      out.append(f"| {n} | " + " | ".join(f"{b / 2**20:.2f}" for b in mem)
-                 + f" | {100 * (mem[1] / mem[0] - 1):+.1f}% |")
+      out.append(f"| {n} | " + " | ".join(f"{b / 2**20:.2f}" for b in mem) + " | "
+                 + " | ".join(f"{100 * (b / mem[0] - 1):+.1f}%" for b in mem[1:]) + " |")
     trade = [r for r in rows if "ratio" in r]
     if trade:
       out.append("\nfull_bptt compute ratio (remat trade): " + ", ".join(
           f"{r['estimator']} T={r['horizon']}: {r['ratio']:.2f}" for r in trade))
+    out.append("")
+  if "breakdown" in results:
+    out += ["### Where the time goes (headline problem, per inner step)", "",
+            "| piece | ms per step | ratio to the primal step |", "|---|---|---|"]
+    for r in results["breakdown"]["rows"]:
+      out.append(f"| {r['piece']} | {1e3 * r['seconds_per_step']:.3f} | {r['ratio']:.2f} |")
     out.append("")
   if "tuner" in results:
     out += ["### Tuner overhead per outer step, 10-D quadratic (num_steps=10)", "",

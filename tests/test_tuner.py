@@ -106,3 +106,20 @@ def test_running_variance_of_a_constant_hypergradient_is_zero():
   _, infos = run_tuner(metaopt.rtrl(system, num_steps=2), jnp.float32(0.5), 5, 0.0)
   np.testing.assert_allclose(infos["grad_ema_mean"][-1], [2.0], rtol=1e-6)
   np.testing.assert_allclose(infos["grad_ema_var"], 0.0, atol=1e-5)
+
+
+def test_outer_steps_are_not_retraced():
+  """A tuner loop that calls update once per outer step traces it once: no Python per step."""
+  system, theta = unrolled.toy_regression(horizon=20).system, jnp.full((2,), -1.0)  # weakly typed
+  t = metaopt.tuner(metaopt.uoro(system, num_steps=5), optax.adam(1e-3), num_chains=2)
+  traces = []
+
+  def counted(state):
+    traces.append(None)
+    return t.update(state)
+
+  update = jax.jit(counted)
+  state = t.init(jax.random.key(0), theta)
+  for _ in range(6):  # crosses a horizon reset
+    state, _ = update(state)
+  assert len(traces) == 1 and int(state.step) == 6

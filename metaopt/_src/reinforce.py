@@ -101,12 +101,15 @@ def reinforce(system: base.UnrolledSystem, *, num_steps: int, sigma: float,
       step_key, noise_key = keys_t
       floats, others = split.split(inner)
       f = base.flat_step(system, split, unravel, others, step_key)
-      (new_floats, loss), step_vjp, new_others = jax.vjp(
+      (new_floats, loss), lin, new_others = jax.linearize(
           lambda tv: f(floats, tv), theta_vec, has_aux=True)
       noisy, u = perturb(new_floats, noise_key)
-      # d log p(s_bar_t | s_bar_{t-1}) / dtheta and the direct dL_t/dtheta: one VJP, two cotangents.
-      (direct,) = step_vjp(([jnp.zeros_like(x) for x in new_floats], jnp.ones_like(loss)))
-      (score_step,) = step_vjp(([n / sigma for n in u], jnp.zeros_like(loss)))
+      # d log p(s_bar_t | s_bar_{t-1}) / dtheta and the direct dL_t/dtheta from one
+      # linearisation; each transpose sees only its own output (a zero cotangent on the
+      # other would still be pushed back through that output's whole path).
+      (direct,) = jax.linear_transpose(lambda d: lin(d)[1], theta_vec)(jnp.ones_like(loss))
+      (score_step,) = jax.linear_transpose(lambda d: lin(d)[0], theta_vec)(
+          [n / sigma for n in u])
       if baseline:
         twin, twin_loss = system.step(twin, unravel(theta_vec), step_key)
       else:

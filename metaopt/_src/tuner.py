@@ -98,6 +98,9 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
   def init(key, theta):
     base.check_key(key)
     base.check_theta(theta)
+    # A weakly typed theta (jnp.full(3, 0.1)) would come back strongly typed from update,
+    # and a Python loop calling a jitted update would compile it twice.
+    theta = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), theta)
     key_chains, key_next = jax.random.split(key)
     theta_vec, _ = base.ravel(theta)
     zeros = jnp.zeros_like(theta_vec)

@@ -3,6 +3,7 @@ with the variance reductions of Cooijmans & Martens (2019)."""
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -41,8 +42,21 @@ class UOROState(NamedTuple):
 
 def _noise(key, like, rank, kind):
   keys = jax.random.split(key, len(like))
-  draw = jax.random.rademacher if kind == "rademacher" else jax.random.normal
+  draw = _rademacher if kind == "rademacher" else jax.random.normal
   return [draw(k, (rank,) + x.shape, x.dtype) for k, x in zip(keys, like)]
+
+
+def _rademacher(key, shape, dtype):
+  """Random signs from packed random bits: one 32-bit draw per 32 signs.
+
+  jax.random.rademacher draws a full random word per sign; on CPU, for a
+  state of tens of thousands of floats, that costs a sizeable fraction of an
+  inner step.
+  """
+  size = math.prod(shape)
+  words = jax.random.bits(key, ((size + 31) // 32,), jnp.uint32)
+  bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+  return (2 * bits.reshape(-1)[:size].astype(dtype) - 1).reshape(shape)
 
 
 def _norm(tree):
@@ -188,17 +202,20 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str = "norm",
       a1, dloss_s = over_ranks(lambda st: lin(st, jnp.zeros_like(theta_vec)))(s_tilde)
       # Backward, from the same linearisation: the loss gradient c = dL/ds and the direct
       # dL/dtheta in one transpose; u^T Q^-1 ds'/dtheta in another (per rank).
-      theta_t = jax.linear_transpose(lambda dth: lin(zeros_s, dth), theta_vec)
-      loss_cotangent = ([jnp.zeros_like(x) for x in new_floats], jnp.ones_like(loss))
+      # Each transpose sees only the output it needs: a zero cotangent on the other
+      # output would still be pushed back through that output's whole path (for an
+      # inner training step, through the validation network), which XLA cannot skip.
       if needs_loss_grad:
-        c, dloss_theta = jax.linear_transpose(lin, floats, theta_vec)(loss_cotangent)
+        c, dloss_theta = jax.linear_transpose(lambda ds, dth: lin(ds, dth)[1], floats,
+                                              theta_vec)(jnp.ones_like(loss))
       else:  # the theta-only transpose is cheaper
-        c, (dloss_theta,) = None, theta_t(loss_cotangent)
+        c, (dloss_theta,) = None, jax.linear_transpose(
+            lambda dth: lin(zeros_s, dth)[1], theta_vec)(jnp.ones_like(loss))
+      state_t = jax.linear_transpose(lambda dth: lin(zeros_s, dth)[0], theta_vec)
       q = noise_shape(energy, floats)
       u = _noise(noise_key, new_floats, rank, noise)
       nu = [qi * ui for qi, ui in zip(q, u)]
-      b2 = over_ranks(lambda uk: theta_t(([x / qi for x, qi in zip(uk, q)],
-                                          jnp.zeros_like(loss)))[0])(u)
+      b2 = over_ranks(lambda uk: state_t([x / qi for x, qi in zip(uk, q)])[0])(u)
       # The loss may have another float dtype than theta: keep the carry in theta's.
       grad = grad + (jnp.mean(dloss_s[:, None] * theta_tilde, axis=0)
                      + dloss_theta).astype(grad.dtype)
