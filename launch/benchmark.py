@@ -365,12 +365,16 @@ def suite_tuner(repeats):
 
     @jax.jit
     def compute_only(s, est=est):  # the same windows, no outer update, no bookkeeping
+      def body(carry, k):  # sum the grads: XLA would drop unused gradient work
+        s, total = carry
+        s, grad, _ = est.unroll(s, theta, k)
+        return (s, total + grad), None
       keys = jax.random.split(jax.random.key(3), num_outer)
-      return jax.lax.scan(lambda s, k: (est.unroll(s, theta, k)[0], None), s, keys)[0]
+      return jax.lax.scan(body, (s, jnp.zeros_like(theta)), keys)[0]
 
     run_s, compute_s = interleaved_medians(
         [run, compute_only], [lambda out: (tstate if out is None else out,),
-                              lambda out: (est_state if out is None else out,)],
+                              lambda out: (est_state if out is None else out[0],)],
         max(3, repeats // 3))
     update = jax.jit(t.update)
     s = jax.block_until_ready(update(tstate))
@@ -552,6 +556,17 @@ def main(argv):
     raise app.UsageError(f"--estimators: unknown {unknown}; choose from {metaopt.ESTIMATORS}")
   if _REPEATS.value < 1:
     raise app.UsageError(f"--repeats must be >= 1, got {_REPEATS.value}")
+  if _NUM_STEPS.value < 1 or 200 % _NUM_STEPS.value:
+    raise app.UsageError(f"--num_steps must divide the headline horizon 200, got {_NUM_STEPS.value}")
+  if _NUM_PARTICLES.value < 2 or _NUM_PARTICLES.value % 2:
+    raise app.UsageError(f"--num_particles must be even and >= 2, got {_NUM_PARTICLES.value}")
+  try:
+    horizons = [int(t) for t in _MEMORY_HORIZONS.value]
+  except ValueError:
+    raise app.UsageError(f"--memory_horizons must be integers, got {_MEMORY_HORIZONS.value}") from None
+  if not horizons or any(t < 20 or t % 20 for t in horizons):
+    raise app.UsageError(f"--memory_horizons must be multiples of 20 (the memory suite's window), "
+                         f"got {_MEMORY_HORIZONS.value}")
   output_dir = _OUTPUT_DIR.value or os.path.join(
       "runs", f"benchmark-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
   os.makedirs(output_dir, exist_ok=True)

@@ -62,6 +62,12 @@ def validate_flags():
     raise app.UsageError(f"--learning_rate must be > 0, got {_LEARNING_RATE.value}")
   if not _ESTIMATORS.value:
     raise app.UsageError("--estimators is empty")
+  if not _MAX_GRAD_NORM.value > 0:
+    raise app.UsageError(f"--max_grad_norm must be > 0, got {_MAX_GRAD_NORM.value}")
+  folders = [safe_name(spec) for spec in _ESTIMATORS.value]
+  if len(set(folders)) < len(folders):
+    raise app.UsageError(f"--estimators {_ESTIMATORS.value} repeats an estimator (or two specs "
+                         f"share a log folder: {folders})")
   try:
     task_options = unrolled.parse_options(_TASK_OPTION.value)
     problem = online_rnn.online_rnn(cell=_CELL.value, task=_TASK.value,
@@ -88,6 +94,11 @@ def validate_flags():
     if problem.system.horizon % window:
       raise app.UsageError(f"--estimators: {spec!r}: num_steps={window} must divide the "
                            f"stream's horizon {problem.system.horizon}")
+    try:  # builds the estimator (cheap, no compute): its own options are checked here
+      metaopt.get_estimator(spec, problem.system, num_steps=_NUM_STEPS.value,
+                            num_particles=_NUM_PARTICLES.value, sigma=_SIGMA.value)
+    except ValueError as e:
+      raise app.UsageError(f"--estimators: {e}") from None
     windows[spec] = window
   if _TRAIN_STEPS.value % _EVAL_EVERY.value:
     raise app.UsageError(f"--train_steps={_TRAIN_STEPS.value} must be a multiple of "

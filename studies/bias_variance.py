@@ -92,10 +92,12 @@ def estimates(problem, est, window, num_chains, keys, batch_size=64):
 
 def _sharded_map(fn, keys, batch_size):
   """``fn`` over keys, vmapped in batches (bounded memory), each batch spread over the devices."""
-  data = jax.random.key_data(keys)
+  if keys.shape[0] == 0:
+    raise ValueError("no sample keys: ask for at least one sample")
+  data, impl = jax.random.key_data(keys), jax.random.key_impl(keys)
   batch = min(batch_size, data.shape[0])
   one_batch = lambda d: metaopt.shard_leading(
-      jax.vmap(lambda k: fn(jax.random.wrap_key_data(k)))(metaopt.shard_leading(d)))
+      jax.vmap(lambda k: fn(jax.random.wrap_key_data(k, impl=impl)))(metaopt.shard_leading(d)))
   num_full = data.shape[0] // batch
   main = jax.lax.map(one_batch, data[:num_full * batch].reshape((num_full, batch) + data.shape[1:]))
   main = main.reshape((num_full * batch,) + main.shape[2:])

@@ -50,6 +50,16 @@ def main():
   out["tuner"] = np.asarray(info["theta"]).tolist()
   out["tuner_devices"] = num_devices(tstate.estimator_state.s_tilde)
 
+  # pes inside a tuner with 4 chains: the chains are spread, the particles are not (one layout).
+  t = metaopt.tuner(pes, optax.sgd(0.01), num_chains=4)
+  tstate = t.init(jax.random.key(7), theta)
+  update = jax.jit(t.update)
+  tstate, info = update(tstate)
+  out["tuner_pes"] = np.asarray(info["theta"]).tolist()
+  out["tuner_pes_devices"] = num_devices(tstate.estimator_state.inner)
+  hlo = update.lower(tstate).compile().as_text()
+  out["tuner_pes_collectives"] = hlo.count("all-to-all") + hlo.count("all-gather")
+
   qsys, qtheta = quadratic8()
   rtrl = metaopt.rtrl(qsys, num_steps=2)
   rstate, rgrad, _ = jax.jit(rtrl.unroll)(rtrl.init(jax.random.key(4), qtheta), qtheta,

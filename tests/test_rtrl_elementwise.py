@@ -228,8 +228,19 @@ def test_launch_online_rnn_trains_and_logs_every_estimator(tmp_path):
     (["--estimators=tbptt[num_steps=7]", "--eval_every=100", "--train_steps=200"],
      "dividing --eval_every"),
     (["--task_option=delay=0"], "delay"),
+    (["--estimators=pes", "--num_particles=3"], "num_particles"),
+    (["--estimators=uoro,uoro"], "repeats an estimator"),
 ])
 def test_launch_online_rnn_refuses_bad_flags(args, message, tmp_path):
   out = launch(*args, f"--logdir={tmp_path / 'run'}", timeout=60)
   assert out.returncode != 0
   assert message in out.stderr
+
+
+@pytest.mark.parametrize("cell", ["elstm", "rtu_nonlinear", "dense_tanh"])
+def test_float32_weights_work_with_x64_enabled(cell, x64):
+  problem = online_rnn.online_rnn(cell=cell, task="t_maze", hidden_size=2, horizon=4)
+  theta = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), problem.theta)
+  est = metaopt.uoro(problem.system, num_steps=2)
+  _, grad, _ = est.unroll(est.init(jax.random.key(0), theta), theta, jax.random.key(1))
+  assert {x.dtype for x in jax.tree.leaves(grad)} == {np.dtype(np.float32)}

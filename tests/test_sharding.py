@@ -29,14 +29,14 @@ def one_and_four():
   return run_check(1), run_check(4)
 
 
-@pytest.mark.parametrize("part", ["pes", "tuner", "rtrl", "study"])
+@pytest.mark.parametrize("part", ["pes", "tuner", "tuner_pes", "rtrl", "study"])
 def test_four_devices_give_one_device_results(one_and_four, part):
   one, four = one_and_four
   assert one["devices"] == 1 and four["devices"] == 4
   np.testing.assert_allclose(np.asarray(four[part]), np.asarray(one[part]), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("part", ["pes", "tuner", "rtrl", "study"])
+@pytest.mark.parametrize("part", ["pes", "tuner", "tuner_pes", "rtrl", "study"])
 def test_copies_are_spread_over_all_devices(one_and_four, part):
   _, four = one_and_four
   assert four[f"{part}_devices"] == 4
@@ -45,3 +45,9 @@ def test_copies_are_spread_over_all_devices(one_and_four, part):
 def test_shard_leading_is_a_no_op_on_one_device():
   x = np.arange(8.0)
   assert metaopt.shard_leading(x) is x
+
+
+def test_chains_of_particles_keep_one_layout(one_and_four):
+  """Chains spread over devices, particles within a chain not: no data moved between layouts."""
+  _, four = one_and_four
+  assert four["tuner_pes_collectives"] == 0

@@ -54,12 +54,13 @@ def elstm(forget_bias: float = 1.0) -> RecurrentLayer:
     return jnp.zeros((1,), p["b_z"].dtype)
 
   def step(c, p, x):
+    x = x.astype(p["W_z"].dtype)
     z = jnp.tanh(p["W_z"] @ x + p["w_z"] * c[0] + p["b_z"])
     f = jax.nn.sigmoid(p["W_f"] @ x + p["w_f"] * c[0] + p["b_f"])
     return (f * c[0] + (1.0 - f) * z)[None]
 
   def output(c, p, x):
-    return jax.nn.sigmoid(p["W_o"] @ x + p["b_o"]) * c
+    return jax.nn.sigmoid(p["W_o"] @ x.astype(p["W_o"].dtype) + p["b_o"]) * c
 
   def init_params(key, input_size, num_units):
     k = jax.random.split(key, 5)
@@ -91,20 +92,23 @@ def rtu(*, linear: bool = True, activation: str = "tanh", r_min: float = 0.5,
     linear: linear recurrence with the activation on the output (True) or
       inside the recurrence (False).
     activation: "tanh" or "relu".
-    r_min, r_max: initial moduli are drawn so that r^2 ~ U(r_min^2, r_max^2).
+    r_min, r_max: initial moduli are drawn so that r^2 ~ U(r_min^2, r_max^2) (0 < r_min).
     max_phase: initial phases ~ U(0, max_phase).
   """
   acts = {"tanh": jnp.tanh, "relu": jax.nn.relu}
   if activation not in acts:
     raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
-  if not 0.0 <= r_min < r_max < 1.0:
-    raise ValueError(f"need 0 <= r_min < r_max < 1, got r_min={r_min}, r_max={r_max}")
+  if not 0.0 < r_min < r_max < 1.0:
+    raise ValueError(f"need 0 < r_min < r_max < 1, got r_min={r_min}, r_max={r_max}")
+  if not max_phase > 0:
+    raise ValueError(f"max_phase must be > 0, got {max_phase!r}")
   act = acts[activation]
 
   def initial(p):
     return jnp.zeros((2,), p["nu_log"].dtype)
 
   def step(h, p, x):
+    x = x.astype(p["W1"].dtype)
     r = jnp.exp(-jnp.exp(p["nu_log"]))
     phase = jnp.exp(p["theta_log"])
     g, phi = r * jnp.cos(phase), r * jnp.sin(phase)
@@ -133,6 +137,7 @@ def dense_tanh() -> RecurrentLayer:
   """A dense tanh RNN, h' = tanh(W_h h + W_x x + b): every unit reads every unit."""
 
   def dense_step(h, p, x):
+    x = x.astype(p["W_x"].dtype)
     return jnp.tanh(p["W_h"] @ h[:, 0] + p["W_x"] @ x + p["b"])[:, None]
 
   def init_params(key, input_size, num_units):

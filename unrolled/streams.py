@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 
 class Stream(NamedTuple):
-  """A data stream.
+  """A data stream. Inputs are float32 (cells cast them to their weights' dtype).
 
   Attributes:
     init: ``init(key) -> stream state`` (integer leaves: phase, cue, ...).
@@ -58,7 +58,8 @@ def delayed_recall(*, delay: int = 10, num_symbols: int = 4) -> Stream:
     symbol = jax.random.randint(key, (), 0, num_symbols, jnp.int32)
     is_cue = state.phase == 0
     cue = jnp.where(is_cue, symbol, state.cue)
-    x = jnp.concatenate([jax.nn.one_hot(symbol, num_symbols), is_cue[None].astype(jnp.float32)])
+    x = jnp.concatenate([jax.nn.one_hot(symbol, num_symbols, dtype=jnp.float32),
+                         is_cue[None].astype(jnp.float32)])
     mask = (state.phase == delay).astype(jnp.float32)
     return RecallState((state.phase + 1) % (delay + 1), cue), x, (cue, mask)
 
@@ -102,9 +103,9 @@ def t_maze(*, min_length: int = 8, max_length: int = 16, noise: float = 0.3) -> 
     junction = state.phase == length + 1
     corridor = ~start & ~junction
     x = jnp.concatenate([
-        jax.nn.one_hot(cue, 2) * start,
+        jax.nn.one_hot(cue, 2, dtype=jnp.float32) * start,
         jnp.stack([corridor, junction]).astype(jnp.float32),
-        noise * jax.random.normal(k_noise, (2,))])
+        noise * jax.random.normal(k_noise, (2,), jnp.float32)])
     phase = jnp.where(junction, 0, state.phase + 1).astype(jnp.int32)
     return MazeState(phase, cue, length), x, (cue, junction.astype(jnp.float32))
 

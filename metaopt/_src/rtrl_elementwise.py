@@ -48,14 +48,16 @@ def rtrl_elementwise(system: elementwise.ElementwiseSystem, *, num_steps: int) -
   with both Jacobians of one unit obtained by C vector-Jacobian products. The
   gradient of L_t is delta_t[i] M_t[i] (delta_t = dL_t/dh_t by backprop through
   the readout) plus the direct terms. Cost and memory per step are linear in
-  the number of weights: C times those of the forward step, against one JVP
-  per weight for generic :func:`metaopt.rtrl`.
+  the number of weights (about C backward passes of one step), against one
+  JVP per weight for generic :func:`metaopt.rtrl`.
 
   Which weights get exact traces: all of ``theta["cell"]`` (the layer's input
   weights, element-wise recurrent weights, biases and any output gate); the
   readout ``theta["readout"]`` does not influence the state and gets plain
-  backprop at each step. The result is exact: the sum over windows equals
-  ``jax.grad`` of the full unroll. It would not be for a STACK of such
+  backprop at each step. The result is exact: for a fixed theta the sum over
+  windows equals ``jax.grad`` of the full unroll (when theta is updated
+  online between windows, the traces mix past thetas: the usual RTRL
+  approximation). It would not be for a STACK of such
   layers: layer 2's units read all of layer 1's units, so d h2/d theta1 is a
   dense (units x weights) matrix and the block-diagonal traces would drop the
   cross-unit terms (Irie et al., 2023, discuss this limit); this estimator

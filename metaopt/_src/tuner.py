@@ -92,8 +92,16 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay!r}")
   if max_grad_norm is not None:
     meta_optimizer = optax.chain(optax.clip_by_global_norm(max_grad_norm), meta_optimizer)
-  init_chains = jax.vmap(estimator.init, in_axes=(0, None))
-  unroll_chains = jax.vmap(estimator.unroll, in_axes=(0, None, 0))
+  def on_chains(fn, in_axes):  # vmapped over chains; chains spread over devices when they divide
+    batched = jax.vmap(fn, in_axes=in_axes)
+
+    def call(*args):
+      with sharding.outer_axis(num_chains):
+        return batched(*args)
+    return call
+
+  init_chains = on_chains(estimator.init, (0, None))
+  unroll_chains = on_chains(estimator.unroll, (0, None, 0))
 
   def init(key, theta):
     base.check_key(key)
