@@ -108,3 +108,19 @@ SYSTEMS = {
     "tanh_rnn": tanh_rnn,
     "optax_regression": optax_regression,
 }
+
+
+def unroll_counting_traces(est, theta, num_calls=3):
+  """Calls a jitted ``est.unroll`` with a new theta each time; returns (trace count, state, jitted unroll)."""
+  traces = []
+
+  def counted(state, theta, key):
+    traces.append(None)
+    return est.unroll(state, theta, key)
+
+  unroll = jax.jit(counted)
+  state = est.init(jax.random.key(0), theta)
+  for i in range(num_calls):
+    theta = jax.tree.map(lambda x: x + 0.01, theta)
+    state, _, _ = unroll(state, theta, jax.random.key(i))
+  return len(traces), state, theta, unroll

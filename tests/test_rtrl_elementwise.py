@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 import metaopt
+import systems
 from unrolled import online_rnn
 from unrolled import streams
 
@@ -135,19 +136,9 @@ def test_bad_theta_layout_is_refused_before_compute():
 
 def test_unroll_is_not_retraced_and_state_is_checkpointable():
   system, theta = tiny("rtu_nonlinear")
-  est = metaopt.rtrl_elementwise(system, num_steps=2)
-  traces = []
-
-  def counted(state, theta, key):
-    traces.append(None)
-    return est.unroll(state, theta, key)
-
-  unroll = jax.jit(counted)
-  state = est.init(jax.random.key(0), theta)
-  for i in range(3):
-    theta = jax.tree.map(lambda x: x + 0.01, theta)
-    state, _, _ = unroll(state, theta, jax.random.key(i))
-  assert len(traces) == 1
+  num_traces, state, theta, unroll = systems.unroll_counting_traces(
+      metaopt.rtrl_elementwise(system, num_steps=2), theta)
+  assert num_traces == 1
   restored = jax.tree.map(jnp.asarray, jax.tree.map(np.asarray, state))
   a = unroll(state, theta, jax.random.key(9))[1]
   b = unroll(restored, theta, jax.random.key(9))[1]
