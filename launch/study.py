@@ -85,6 +85,15 @@ def parse_problem_options(items):
     raise app.UsageError(f"--problem_option: {e}") from None
 
 
+def build_estimator(flag, spec, system, **options):
+  """Builds (so validates) one estimator of a flag, turning its error into a usage error."""
+  import metaopt  # pylint: disable=g-import-not-at-top
+  try:
+    return metaopt.get_estimator(spec, system, **options)
+  except ValueError as e:
+    raise app.UsageError(f"{flag}: {e}") from None
+
+
 def build_context():
   """Validates flags and builds the study's context, before anything is compiled."""
   import unrolled  # pylint: disable=g-import-not-at-top
@@ -105,16 +114,7 @@ def build_context():
   os.makedirs(output_dir, exist_ok=True)
   if _STUDY.value == "bias_variance":
     from studies import bias_variance  # pylint: disable=g-import-not-at-top
-    try:
-      unknown = sorted({metaopt.parse_spec(e)[0] for e in _ESTIMATORS.value}
-                       - set(metaopt.ESTIMATORS))
-    except ValueError as e:
-      raise app.UsageError(f"--estimators: {e}") from None
-    if unknown:
-      raise app.UsageError(f"--estimators {unknown} unknown; choose from {metaopt.ESTIMATORS}")
     particles = _ints("num_particles", _NUM_PARTICLES.value)
-    if any(n < 2 or n % 2 for n in particles):
-      raise app.UsageError(f"--num_particles must be positive even numbers, got {particles}")
     sigma = tuple(float(s) for s in _SIGMA.value)
     if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
       raise app.UsageError(f"--sigma_range must be two positive numbers low,high, got {sigma}")
@@ -122,6 +122,11 @@ def build_context():
     if not any(problem.system.horizon % n == 0 for n in num_steps):
       raise app.UsageError(f"none of --num_steps {num_steps} divides the horizon "
                            f"{problem.system.horizon}")
+    window = next(n for n in num_steps if problem.system.horizon % n == 0)
+    for spec in _ESTIMATORS.value:  # building an estimator validates its options, no compute
+      for n in particles:
+        build_estimator("--estimators", spec, problem.system, num_steps=window,
+                        num_particles=n, sigma=sigma[0])
     ctx = bias_variance.Context(
         _PROBLEM.value, options, tuple(_ESTIMATORS.value), num_steps, particles, sigma,
         _ints("num_chains", _NUM_CHAINS.value), _NUM_SAMPLES.value, _SEED.value, _EXACT.value,
@@ -129,13 +134,14 @@ def build_context():
   else:
     from studies import tuning  # pylint: disable=g-import-not-at-top
     for m in _METHODS.value:
-      est = m.split(":", 1)[1] if m.startswith("online:") else None
-      if m not in tuning.BLACK_BOX and est not in metaopt.ESTIMATORS:
+      if m in tuning.BLACK_BOX:
+        continue
+      if not m.startswith("online:"):
         raise app.UsageError(f"--methods: {m!r} is not online:<estimator> or one of "
                              f"{tuning.BLACK_BOX}")
-    if problem.system.horizon % _TUNE_NUM_STEPS.value:
-      raise app.UsageError(f"--tune_num_steps={_TUNE_NUM_STEPS.value} must divide the horizon "
-                           f"{problem.system.horizon}")
+      build_estimator("--methods", m.split(":", 1)[1], problem.system,
+                      num_steps=_TUNE_NUM_STEPS.value, num_particles=_TUNE_PARTICLES.value,
+                      sigma=_TUNE_SIGMA.value)
     ctx = tuning.Context(
         _PROBLEM.value, options, tuple(_METHODS.value), tuple(range(_SEEDS.value)), _BUDGET.value,
         _NUM_EVALS.value, _TUNE_NUM_STEPS.value, _TUNE_PARTICLES.value, _TUNE_SIGMA.value,
@@ -189,24 +195,22 @@ def enqueue_grid(study, ctx):
   """Enqueues every (estimator, num_steps, num_particles, num_chains) combination once."""
   import itertools  # pylint: disable=g-import-not-at-top
   import math  # pylint: disable=g-import-not-at-top
+  import metaopt  # pylint: disable=g-import-not-at-top
   import unrolled  # pylint: disable=g-import-not-at-top
   horizon = unrolled.get(ctx.problem_name, **ctx.problem_options).system.horizon
   sigma = math.sqrt(ctx.sigma[0] * ctx.sigma[1])
   steps = [n for n in ctx.num_steps if horizon % n == 0]
   for est in ctx.estimators:
-    name = est.split("[")[0]
-    for k, c in itertools.product([horizon] if name == "full_bptt" else steps, ctx.num_chains):
+    info = metaopt.estimator_info(est)
+    for k, c in itertools.product([horizon] if info.whole_horizon else steps, ctx.num_chains):
       params = {"estimator": est, "num_chains": c}
-      if name != "full_bptt":
+      if not info.whole_horizon:
         params["num_steps"] = k
-      if name == "reinforce":
-        study.enqueue_trial({**params, "sigma": sigma}, skip_if_exists=True)
-      elif name in ("pes", "truncated_es", "nres"):
-        for n in ctx.num_particles:
-          study.enqueue_trial({**params, "num_particles": n, "sigma": sigma},
-                              skip_if_exists=True)
-      else:
-        study.enqueue_trial(params, skip_if_exists=True)
+      if "sigma" in info.takes:
+        params["sigma"] = sigma
+      for n in ctx.num_particles if "num_particles" in info.takes else [None]:
+        extra = {} if n is None else {"num_particles": n}
+        study.enqueue_trial({**params, **extra}, skip_if_exists=True)
 
 
 def main(argv):

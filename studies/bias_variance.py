@@ -18,6 +18,7 @@ per estimate. Objectives: minimise (bias^2, variance, cost seconds).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -31,7 +32,6 @@ import metaopt
 import unrolled
 
 OBJECTIVES = ("bias2", "variance", "cost_seconds")
-PARTICLE_ESTIMATORS = ("pes", "truncated_es", "nres")
 DIRECTIONS = ["minimize"] * 3
 
 
@@ -63,28 +63,13 @@ def chain_key(sample_key, chain):
   return jax.random.fold_in(sample_key, chain)
 
 
-def horizon_estimate(est, theta, key, num_windows):
-  """One chain's estimate of the full-horizon hypergradient: the sum of its window grads."""
-  init_key, window_keys = jax.random.split(key)
-  state = est.init(init_key, theta)
-
-  def body(carry, k):
-    state, total = carry
-    state, grad, _ = est.unroll(state, theta, k)
-    return (state, total + flat_theta(grad)), None
-
-  (_, total), _ = jax.lax.scan(body, (state, jnp.zeros_like(flat_theta(theta))),
-                               jax.random.split(window_keys, num_windows))
-  return total
-
-
 def estimates(problem, est, window, num_chains, keys, batch_size=64):
   """(M, H) estimates, each the mean of num_chains chains, mapped in batches (bounded memory)."""
   windows = problem.system.horizon // window
 
   def one(key):
-    chains = jax.vmap(lambda c: horizon_estimate(est, problem.theta, chain_key(key, c), windows))(
-        jnp.arange(num_chains))
+    chains = jax.vmap(lambda c: flat_theta(metaopt.sum_window_grads(
+        est, problem.theta, chain_key(key, c), num_windows=windows)))(jnp.arange(num_chains))
     return jnp.mean(chains, axis=0)
 
   return _sharded_map(one, keys, batch_size)
@@ -108,19 +93,18 @@ def _sharded_map(fn, keys, batch_size):
 
 def exact_grads(problem, exact, chain, keys, window):
   """(M, H): the exact hypergradient of chain ``chain`` of every sample, on the very step keys an
-  estimator with windows of ``window`` steps sees (minibatches differ with the window length)."""
-  horizon = problem.system.horizon
-  windows = horizon // window
-  if exact == "rtrl":
-    est = metaopt.rtrl(problem.system, num_steps=window)
-    one = lambda k: horizon_estimate(est, problem.theta, chain_key(k, chain), windows)
+  estimator with windows of ``window`` steps sees (minibatches differ with the window length).
+
+  ``exact`` names the exact estimator to use: ``full_bptt`` replays the keys with
+  :func:`metaopt.exact_grad`; any other sums its window grads."""
+  windows = problem.system.horizon // window
+  if metaopt.estimator_info(exact).whole_horizon:
+    grad = lambda k: metaopt.exact_grad(problem.system, problem.theta, k, num_steps=window,
+                                        num_windows=windows)
   else:
-    def one(k):
-      init_key, window_keys = jax.random.split(chain_key(k, chain))
-      step_keys = jax.vmap(lambda w: metaopt.split_window_key(w, window).steps)(
-          jax.random.split(window_keys, windows)).reshape((horizon,) + window_keys.shape)
-      loss = lambda th: jnp.sum(metaopt.full_unroll(problem.system, th, init_key, step_keys)[1])
-      return flat_theta(jax.grad(loss)(problem.theta))
+    est = metaopt.get_estimator(exact, problem.system, num_steps=window)
+    grad = lambda k: metaopt.sum_window_grads(est, problem.theta, k, num_windows=windows)
+  one = lambda k: flat_theta(grad(chain_key(k, chain)))
   fn = jax.jit(lambda ks: jax.lax.map(one, ks, batch_size=min(16, ks.shape[0])))
   return np.asarray(fn(keys))
 
@@ -140,9 +124,9 @@ def cached_exact(ctx: Context, problem, num_chains, window):
       chains.append(np.load(path))
       continue
     grads = exact_grads(problem, ctx.exact, c, keys, window)
-    tmp = f"{path}.{os.getpid()}.tmp.npy"
-    np.save(tmp, grads)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.save(buffer, grads)
+    metaopt.write_atomic(path, buffer.getvalue())
     chains.append(grads)
   return np.mean(chains, axis=0)
 
@@ -151,20 +135,11 @@ _PLAIN_STEP_SECONDS = {}
 
 
 def plain_step_seconds(problem, repeats=5):
-  """Seconds of one plain inner step (a jit-compiled lax.scan of step), median of repeats."""
+  """Seconds of one plain inner step (:func:`metaopt.timing.plain_step_seconds`), once per problem."""
   key = (problem.description,)
   if key not in _PLAIN_STEP_SECONDS:
-    steps = problem.system.horizon
-    keys = jax.random.split(jax.random.key(0), steps)
-    run = jax.jit(lambda: metaopt.full_unroll(problem.system, problem.theta, jax.random.key(1),
-                                              keys)[1])
-    jax.block_until_ready(run())
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(run())
-      times.append(time.perf_counter() - start)
-    _PLAIN_STEP_SECONDS[key] = float(np.median(times)) / steps
+    _PLAIN_STEP_SECONDS[key] = metaopt.timing.plain_step_seconds(problem.system, problem.theta,
+                                                                 repeats=repeats)
   return _PLAIN_STEP_SECONDS[key]
 
 
@@ -173,6 +148,7 @@ def measure(problem, estimator, *, num_steps, num_particles, sigma, num_chains, 
   """Draws the estimates and returns every recorded number (a dict of floats and lists)."""
   est = metaopt.get_estimator(estimator, problem.system, num_steps=num_steps,
                               num_particles=num_particles, sigma=sigma)
+  # The spec's own options (e.g. rtrl[num_steps=5]) win over the trial's: count what runs.
   window = metaopt.window_length(estimator, problem.system, num_steps)
   keys = sample_keys(seed, num_samples)
   # Compile ahead of time, so the timed call is the computation alone.
@@ -234,20 +210,21 @@ def objective(ctx: Context):
 
   def fn(trial):
     estimator = trial.suggest_categorical("estimator", list(ctx.estimators))
-    name = metaopt.parse_spec(estimator)[0]
-    num_steps = (horizon if name == "full_bptt"
+    info = metaopt.estimator_info(estimator)
+    num_steps = (horizon if info.whole_horizon
                  else trial.suggest_categorical("num_steps", num_steps_choices))
     num_particles, sigma = 2, 0.01
-    if name in PARTICLE_ESTIMATORS:
+    if "num_particles" in info.takes:
       num_particles = trial.suggest_categorical("num_particles", list(ctx.num_particles))
-    if name in PARTICLE_ESTIMATORS or name == "reinforce":
+    if "sigma" in info.takes:
       sigma = trial.suggest_float("sigma", ctx.sigma[0], ctx.sigma[1], log=True)
     num_chains = trial.suggest_categorical("num_chains", list(ctx.num_chains))
     numbers = measure(problem, estimator, num_steps=num_steps, num_particles=num_particles,
                       sigma=sigma, num_chains=num_chains, num_samples=ctx.num_samples,
                       seed=ctx.seed,
                       exact_mean_fn=lambda c, w: cached_exact(ctx, problem, c, w))
-    numbers["settings"] = {"estimator": estimator, "num_steps": num_steps,
+    numbers["settings"] = {"estimator": estimator,
+                           "num_steps": metaopt.window_length(estimator, problem.system, num_steps),
                            "num_particles": num_particles, "sigma": sigma,
                            "num_chains": num_chains}
     for name, value in numbers.items():

@@ -11,10 +11,9 @@ import optuna
 
 import metaopt
 
-COLORS = {"full_bptt": "black", "tbptt": "tab:orange", "rtrl": "tab:blue", "uoro": "tab:green",
-          "pes": "tab:red", "truncated_es": "tab:purple", "tpe": "tab:brown",
-          "random": "tab:gray", "nres": "tab:pink", "forward_gradient": "tab:olive",
-          "reinforce": "tab:cyan"}
+# One colour per estimator, in the table's order, then the black-box methods.
+COLORS = {name: f"C{i % 10}" for i, name in enumerate(metaopt.ESTIMATORS)}
+COLORS.update({"tpe": "tab:brown", "random": "tab:gray"})
 
 
 def _plt():
@@ -33,12 +32,12 @@ def label(trial):
   if "estimator" not in s:
     return str(s.get("method"))
   text = s["estimator"]
-  name = text.split("[")[0]
-  if name != "full_bptt":
+  info = metaopt.estimator_info(text)
+  if not info.whole_horizon:
     text += f" K={s['num_steps']}"
-  if name in ("pes", "truncated_es", "nres"):
-    text += f" N={s['num_particles']} sigma={s['sigma']:.2g}"
-  if name == "reinforce":
+  if "num_particles" in info.takes:
+    text += f" N={s['num_particles']}"
+  if "sigma" in info.takes:
     text += f" sigma={s['sigma']:.2g}"
   if s.get("num_chains", 1) > 1:
     text += f" C={s['num_chains']}"

@@ -53,14 +53,11 @@ def make_problem(ctx):
 def evaluator(problem, seed):
   """theta -> validation loss after one fresh horizon on fixed keys (jit-compiled once)."""
   key = jax.random.key(10_000 + seed)
-  keys = jax.random.split(key, problem.system.horizon)
 
   @jax.jit
   def evaluate(theta):
-    final, losses = metaopt.full_unroll(problem.system, theta, key, keys)
-    if problem.evaluate is not None:
-      return problem.evaluate(final).get("validation_loss", jnp.mean(losses))
-    return jnp.mean(losses)
+    out = metaopt.evaluate_horizon(problem.system, theta, key, evaluate=problem.evaluate)
+    return out.get("validation_loss", out["meta_loss_mean"])
 
   return lambda theta: float(evaluate(theta))
 

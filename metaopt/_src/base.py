@@ -49,35 +49,16 @@ class Estimator(NamedTuple):
       ``theta`` and estimates the derivative of the SUM of this window's
       losses; ``metrics["loss"]`` is that sum (averaged over particles for
       ES methods). ``key`` is split by :func:`split_window_key`.
+
+  Every metaopt estimator is built by :func:`~metaopt.windowed`, so its state
+  is a NamedTuple whose first field ``inner`` is the inner state the next
+  window starts from (for estimators with particles, see
+  :class:`~metaopt.EstimatorInfo` ``particles``, one per particle stacked on a
+  leading axis), followed by the estimator's own carry, ``count`` and
+  ``init_key``.
   """
   init: Callable[[jax.Array, PyTree], NamedTuple]
   unroll: Callable[[NamedTuple, PyTree, jax.Array], tuple[NamedTuple, PyTree, Metrics]]
-
-
-class WindowKeys(NamedTuple):
-  """How an estimator uses the key given to one ``unroll`` call.
-
-  Attributes:
-    next_init: makes the initial state of the next horizon, if this window
-      ends the current one.
-    noise: the estimator's own randomness (UORO signs, ES perturbations).
-    steps: ``(num_steps,)`` keys, one per inner step, shared by all particles.
-  """
-  next_init: jax.Array
-  noise: jax.Array
-  steps: jax.Array
-
-
-def split_window_key(key: jax.Array, num_steps: int) -> WindowKeys:
-  """Splits an ``unroll`` key the way every metaopt estimator does.
-
-  With it, a user can replay exactly the inner trajectory an estimator saw:
-  horizon ``h`` starts from ``system.init(k_h, theta)``, where ``k_0`` is the
-  key given to ``est.init`` and ``k_{h+1}`` is ``next_init`` of the last
-  window of horizon ``h``; inner step ``j`` of a window uses ``steps[j]``.
-  """
-  keys = jax.random.split(key, num_steps + 2)
-  return WindowKeys(next_init=keys[0], noise=keys[1], steps=keys[2:])
 
 
 def full_unroll(system: UnrolledSystem, theta: PyTree, init_key: jax.Array,
@@ -104,16 +85,6 @@ def check_horizon(system: UnrolledSystem) -> int:
   if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
     raise ValueError(f"system.horizon must be a positive int, got {horizon!r}")
   return horizon
-
-
-def check_num_steps(num_steps: Any, horizon: int) -> int:
-  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-    raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-  if horizon % num_steps:
-    raise ValueError(
-        f"num_steps={num_steps} must divide the system's horizon={horizon} "
-        "(windows must not straddle a horizon reset)")
-  return num_steps
 
 
 def check_num_particles(num_particles: Any) -> int:
@@ -234,14 +205,20 @@ def flat_step(system: UnrolledSystem, split: StateSplit, unravel: Callable,
   return f
 
 
-def flat_init(system: UnrolledSystem, split: StateSplit, unravel: Callable,
-              init_key: jax.Array) -> Callable:
-  """``init`` as a function of flat theta -> (float state leaves, other leaves); ``init_key`` is key data."""
+def flat_init(system: UnrolledSystem, theta: PyTree, init_key: jax.Array
+              ) -> tuple[Callable, jax.Array, StateSplit]:
+  """``init`` as ``f(flat theta) -> (float state leaves, other leaves)``, for forward-mode starts.
+
+  Returns ``(f, theta_vec, split)``: differentiate ``f`` at ``theta_vec`` and
+  rebuild the state with ``split.merge``.
+  """
+  theta_vec, unravel = ravel(theta)
+  split = StateSplit.of(jax.eval_shape(system.init, init_key, theta))
 
   def f(theta_vec):
-    return split.split(system.init(as_key(init_key), unravel(theta_vec)))
+    return split.split(system.init(init_key, unravel(theta_vec)))
 
-  return f
+  return f, theta_vec, split
 
 
 def tree_sq_norm(tree: PyTree) -> jax.Array:
@@ -266,19 +243,3 @@ def key_data(key: jax.Array) -> jax.Array:
 def as_key(data: jax.Array) -> jax.Array:
   """The typed key behind :func:`key_data`'s output."""
   return jax.random.wrap_key_data(data)
-
-
-def advance_count(count: jax.Array, init_key: jax.Array, next_init: jax.Array,
-                  num_steps: int, horizon: int) -> tuple[jax.Array, jax.Array]:
-  """Moves the step counter one window on; at the horizon, restarts it and takes a new init key.
-
-  ``init_key`` is key data (see :func:`key_data`); so is the returned key.
-  """
-  count = count + num_steps
-  done = count >= horizon
-  return (jnp.where(done, 0, count).astype(jnp.int32),
-          jnp.where(done, key_data(next_init), init_key))
-
-
-def initial_count() -> jax.Array:
-  return jnp.zeros((), jnp.int32)

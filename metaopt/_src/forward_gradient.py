@@ -1,4 +1,4 @@
-"""Directional forward gradients (Silver et al., 2022) over a horizon."""
+"""Directional forward gradients (Silver et al., 2022; Baydin et al., 2022) over a horizon."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from metaopt._src import base
+from metaopt._src import window
 
 
 class ForwardGradientState(NamedTuple):
@@ -17,8 +18,7 @@ class ForwardGradientState(NamedTuple):
     inner: the inner state at the start of the next window.
     direction: the horizon's random direction v in theta space, (H,).
     tangent: (ds/dtheta) v for the float leaves of ``inner``.
-    count: inner steps taken in the current horizon.
-    init_key: key data of the key that makes the current horizon's initial state.
+    count, init_key: the window position (see :func:`~metaopt.windowed`).
   """
   inner: base.PyTree
   direction: jax.Array
@@ -36,41 +36,29 @@ def forward_gradient(system: base.UnrolledSystem, *, num_steps: int) -> base.Est
   hyperparameters; variance grows with H (about |grad|^2 H per estimate).
 
   Examples:
+    Each estimate points along its own random direction; their mean is the gradient:
+
     >>> import jax, jax.numpy as jnp, metaopt
     >>> system = metaopt.UnrolledSystem(
-    ...     init=lambda key, th: jnp.ones(2) * th,
-    ...     step=lambda s, th, key: (0.5 * s + th, jnp.sum(s ** 2)),
-    ...     horizon=4)
+    ...     init=lambda key, th: jnp.zeros(2),
+    ...     step=lambda s, th, key: (s + th, jnp.sum(s * jnp.array([1.0, -1.0]))), horizon=2)
     >>> est = metaopt.forward_gradient(system, num_steps=2)
-    >>> state = est.init(jax.random.key(0), jnp.float32(0.1))
-    >>> state, grad, metrics = est.unroll(state, jnp.float32(0.1), jax.random.key(1))
+    >>> draw = lambda k: metaopt.sum_window_grads(est, jnp.zeros(2), k, num_windows=1)
+    >>> g = jax.vmap(draw)(jax.random.split(jax.random.key(0), 4000))
+    >>> bool(jnp.allclose(g.mean(0), jnp.array([1.0, -1.0]), atol=0.1))
+    True
   """
-  horizon = base.check_horizon(system)
-  base.check_num_steps(num_steps, horizon)
 
-  def init(key, theta):
-    base.check_init_args(system, key, theta)
-    inner = system.init(key, theta)
-    theta_vec, _ = base.ravel(theta)
-    floats, _ = base.StateSplit.of(inner).split(inner)
-    return ForwardGradientState(inner, jnp.zeros_like(theta_vec),
-                                [jnp.zeros_like(x) for x in floats], base.initial_count(),
-                                base.key_data(key))
+  def start(theta, keys, init_key):
+    f, theta_vec, split = base.flat_init(system, theta, init_key)
+    v = jax.random.normal(keys.noise, theta_vec.shape, theta_vec.dtype)
+    floats, tangent, others = jax.jvp(f, (theta_vec,), (v,), has_aux=True)
+    return split.merge(floats, others), v, tangent
 
-  def unroll(state, theta, key):
-    base.check_theta(theta)
-    keys = base.split_window_key(key, num_steps)
+  def forward(begin, theta, keys):
     theta_vec, unravel = base.ravel(theta)
-    split = base.StateSplit.of(state.inner)
-
-    def fresh():
-      v = jax.random.normal(keys.noise, theta_vec.shape, theta_vec.dtype)
-      init_flat = base.flat_init(system, split, unravel, state.init_key)
-      floats, tangent, others = jax.jvp(init_flat, (theta_vec,), (v,), has_aux=True)
-      return split.merge(floats, others), v, tangent
-
-    inner, v, tangent = jax.lax.cond(state.count == 0, fresh,
-                                     lambda: (state.inner, state.direction, state.tangent))
+    inner, v, tangent = begin(theta)
+    split = base.StateSplit.of(inner)
 
     def body(carry, step_key):
       inner, tangent, directional = carry
@@ -83,9 +71,7 @@ def forward_gradient(system: base.UnrolledSystem, *, num_steps: int) -> base.Est
 
     (inner, tangent, directional), losses = jax.lax.scan(
         body, (inner, tangent, jnp.zeros((), theta_vec.dtype)), keys.steps)
-    count, init_key = base.advance_count(state.count, state.init_key, keys.next_init,
-                                         num_steps, horizon)
-    return (ForwardGradientState(inner, v, tangent, count, init_key), unravel(directional * v),
-            {"loss": jnp.sum(losses)})
+    return (inner, v, tangent), unravel(directional * v), {"loss": jnp.sum(losses)}
 
-  return base.Estimator(init, unroll)
+  return window.windowed(system, ForwardGradientState, num_steps=num_steps, start=start,
+                         window=forward)

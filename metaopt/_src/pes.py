@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from metaopt._src import base
 from metaopt._src import perturbations
+from metaopt._src import window
 
 
 class PESState(NamedTuple):
@@ -19,8 +20,7 @@ class PESState(NamedTuple):
       ``num_particles``.
     accumulator: each particle's sum of the perturbations it has seen in this
       horizon, (num_particles, H).
-    count: inner steps taken in the current horizon.
-    init_key: key data (uint32) of the key that makes the current horizon's initial states.
+    count, init_key: the window position (see :func:`~metaopt.windowed`).
   """
   inner: base.PyTree
   accumulator: jax.Array
@@ -29,7 +29,7 @@ class PESState(NamedTuple):
 
 
 def pes(system: base.UnrolledSystem, *, num_steps: int, num_particles: int,
-        sigma: float) -> base.Estimator:
+        sigma: float, spread_copies: bool = True) -> base.Estimator:
   """PES: unbiased evolution strategies over a whole horizon, window by window.
 
   Every window draws fresh antithetic perturbations eps_i ~ N(0, sigma^2 I)
@@ -50,48 +50,42 @@ def pes(system: base.UnrolledSystem, *, num_steps: int, num_particles: int,
     num_steps: window length; must divide ``system.horizon``.
     num_particles: number of particles, even (antithetic pairs).
     sigma: standard deviation of the perturbations, in theta's (flattened) units.
+    spread_copies: spread the particles over the local devices (turn it off
+      when the tuner's chains are spread instead).
 
   Returns:
     An :class:`~metaopt.Estimator`. ``metrics["loss"]`` is the particles'
     mean window sum; ``metrics["accumulator_norm"]`` the mean norm of xi.
 
   Examples:
+    PES needs no derivative of the step: here the loss jumps where s crosses
+    0.5, which a gradient never sees but the smoothed loss does.
+
     >>> import jax, jax.numpy as jnp, metaopt
     >>> system = metaopt.UnrolledSystem(
-    ...     init=lambda key, th: jnp.ones(2) * th,
-    ...     step=lambda s, th, key: (0.5 * s + th, jnp.sum(s ** 2)),
-    ...     horizon=4)
-    >>> est = metaopt.pes(system, num_steps=2, num_particles=8, sigma=0.01)
-    >>> state = est.init(jax.random.key(0), jnp.float32(0.1))
-    >>> state, grad, metrics = est.unroll(state, jnp.float32(0.1), jax.random.key(1))
+    ...     init=lambda key, th: jnp.float32(0.0),
+    ...     step=lambda s, th, key: (s + th, jnp.where(s + th > 0.5, 1.0, 0.0)), horizon=4)
+    >>> est = metaopt.pes(system, num_steps=1, num_particles=64, sigma=0.05)
+    >>> g = metaopt.sum_window_grads(est, jnp.float32(0.16), jax.random.key(0), num_windows=4)
+    >>> bool(g > 1.0)  # the third step's loss jumps at theta = 1/6, within sigma of 0.16
+    True
   """
-  horizon = base.check_horizon(system)
-  base.check_num_steps(num_steps, horizon)
-  base.check_num_particles(num_particles)
-  sigma = base.check_sigma(sigma)
+  num_particles, sigma = perturbations.check_options(num_particles, sigma)
 
-  def init(key, theta):
-    base.check_init_args(system, key, theta)
-    inner, zeros = perturbations.init_particle_states(system, key, theta, num_particles)
-    return PESState(inner, zeros, base.initial_count(), base.key_data(key))
+  def start(theta, keys, init_key):
+    theta_vec, unravel, eps = perturbations.window_draw(theta, keys, num_particles, sigma)
+    return (perturbations.init_particles(system, unravel, init_key, theta_vec + eps,
+                                         spread=spread_copies), jnp.zeros_like(eps))
 
-  def unroll(state, theta, key):
-    base.check_theta(theta)
-    keys = base.split_window_key(key, num_steps)
-    theta_vec, unravel = base.ravel(theta)
-    eps = perturbations.antithetic(keys.noise, theta_vec, num_particles, sigma)
-    thetas = theta_vec + eps
-    fresh = state.count == 0
-    starts = jax.lax.cond(
-        fresh, lambda: perturbations.init_particles(system, unravel, base.as_key(state.init_key), thetas),
-        lambda: state.inner)
-    accumulator = jnp.where(fresh, 0.0, state.accumulator) + eps
-    finals, losses = perturbations.run_particles(system, unravel, starts, thetas, keys.steps)
+  def persistent(begin, theta, keys):
+    theta_vec, unravel, eps = perturbations.window_draw(theta, keys, num_particles, sigma)
+    inner, accumulator = begin(theta)
+    accumulator = accumulator + eps
+    finals, losses = perturbations.run_particles(system, unravel, inner, theta_vec + eps,
+                                                 keys.steps, spread=spread_copies)
     grad = perturbations.antithetic_estimate(accumulator, losses, sigma)
-    count, init_key = base.advance_count(state.count, state.init_key, keys.next_init,
-                                         num_steps, horizon)
     metrics = {"loss": jnp.mean(losses),
                "accumulator_norm": jnp.mean(jnp.linalg.norm(accumulator, axis=-1))}
-    return PESState(finals, accumulator, count, init_key), unravel(grad), metrics
+    return (finals, accumulator), unravel(grad), metrics
 
-  return base.Estimator(init, unroll)
+  return window.windowed(system, PESState, num_steps=num_steps, start=start, window=persistent)

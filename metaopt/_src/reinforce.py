@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from metaopt._src import base
+from metaopt._src import window
 
 
 class ReinforceState(NamedTuple):
@@ -17,8 +18,7 @@ class ReinforceState(NamedTuple):
     inner: the noisy inner state at the start of the next window.
     baseline_inner: the noise-free twin's state (its losses are the baseline).
     score: the accumulated score d log p(noisy trajectory so far) / dtheta, (H,).
-    count: inner steps taken in the current horizon.
-    init_key: key data of the key that makes the current horizon's initial state.
+    count, init_key: the window position (see :func:`~metaopt.windowed`).
   """
   inner: base.PyTree
   baseline_inner: base.PyTree
@@ -54,47 +54,38 @@ def reinforce(system: base.UnrolledSystem, *, num_steps: int, sigma: float,
     baseline: subtract the noise-free twin's losses (costs one more forward pass).
 
   Examples:
+    The baseline removes the 1/sigma^2 growth of the variance:
+
     >>> import jax, jax.numpy as jnp, metaopt
     >>> system = metaopt.UnrolledSystem(
-    ...     init=lambda key, th: jnp.ones(2) * th,
-    ...     step=lambda s, th, key: (0.5 * s + th, jnp.sum(s ** 2)),
-    ...     horizon=4)
-    >>> est = metaopt.reinforce(system, num_steps=2, sigma=1e-3)
-    >>> state = est.init(jax.random.key(0), jnp.float32(0.1))
-    >>> state, grad, metrics = est.unroll(state, jnp.float32(0.1), jax.random.key(1))
+    ...     init=lambda key, th: jnp.zeros(2),
+    ...     step=lambda s, th, key: (0.9 * s + th, jnp.sum((s - 1.0) ** 2)), horizon=4)
+    >>> def spread(baseline):
+    ...   est = metaopt.reinforce(system, num_steps=4, sigma=0.01, baseline=baseline)
+    ...   draw = lambda k: metaopt.sum_window_grads(est, 0.5, k, num_windows=1)
+    ...   return jnp.std(jax.vmap(draw)(jax.random.split(jax.random.key(0), 100)))
+    >>> bool(spread(True) < spread(False) / 10)
+    True
   """
-  horizon = base.check_horizon(system)
-  base.check_num_steps(num_steps, horizon)
   sigma = base.check_sigma(sigma)
-
-  def init(key, theta):
-    base.check_init_args(system, key, theta)
-    inner = system.init(key, theta)
-    theta_vec, _ = base.ravel(theta)
-    return ReinforceState(inner, inner, jnp.zeros_like(theta_vec), base.initial_count(),
-                          base.key_data(key))
 
   def perturb(floats, key):
     keys = jax.random.split(key, len(floats))
     u = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, floats)]
     return [x + sigma * n for x, n in zip(floats, u)], u
 
-  def unroll(state, theta, key):
-    base.check_theta(theta)
-    keys = base.split_window_key(key, num_steps)
+  def start(theta, keys, init_key):
+    f, theta_vec, split = base.flat_init(system, theta, init_key)
+    floats, init_vjp, others = jax.vjp(f, theta_vec, has_aux=True)
+    noisy, u = perturb(floats, jax.random.split(keys.noise, num_steps + 1)[-1])
+    (score,) = init_vjp([n / sigma for n in u])
+    return split.merge(noisy, others), split.merge(floats, others), score
+
+  def score_function(begin, theta, keys):
     noise_keys = jax.random.split(keys.noise, num_steps + 1)
     theta_vec, unravel = base.ravel(theta)
-    split = base.StateSplit.of(state.inner)
-
-    def start():
-      init_flat = base.flat_init(system, split, unravel, state.init_key)
-      floats, init_vjp, others = jax.vjp(init_flat, theta_vec, has_aux=True)
-      noisy, u = perturb(floats, noise_keys[-1])
-      (score,) = init_vjp([n / sigma for n in u])
-      return split.merge(noisy, others), split.merge(floats, others), score
-
-    inner, twin, score = jax.lax.cond(
-        state.count == 0, start, lambda: (state.inner, state.baseline_inner, state.score))
+    inner, twin, score = begin(theta)
+    split = base.StateSplit.of(inner)
 
     def body(carry, keys_t):
       inner, twin, score, grad = carry
@@ -119,9 +110,8 @@ def reinforce(system: base.UnrolledSystem, *, num_steps: int, sigma: float,
 
     (inner, twin, score, grad), losses = jax.lax.scan(
         body, (inner, twin, score, jnp.zeros_like(theta_vec)), (keys.steps, noise_keys[:-1]))
-    count, init_key = base.advance_count(state.count, state.init_key, keys.next_init,
-                                         num_steps, horizon)
-    return (ReinforceState(inner, twin, score, count, init_key), unravel(grad),
+    return ((inner, twin, score), unravel(grad),
             {"loss": jnp.sum(losses), "score_norm": jnp.linalg.norm(score)})
 
-  return base.Estimator(init, unroll)
+  return window.windowed(system, ReinforceState, num_steps=num_steps, start=start,
+                         window=score_function)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from metaopt._src import base
 from metaopt._src import sharding
+from metaopt._src import window
 
 
 class RTRLState(NamedTuple):
@@ -18,8 +19,8 @@ class RTRLState(NamedTuple):
     inner: the inner state at the start of the next window.
     influence: Z = d inner / d theta for the float leaves of ``inner``, each
       with a leading axis of size H (the number of theta coordinates).
-    count: inner steps taken in the current horizon.
-    init_key: key data (uint32) of the key that makes the current horizon's initial state.
+    count: inner steps taken in the current horizon (see :func:`~metaopt.windowed`).
+    init_key: key data of the current horizon's initial-state key.
   """
   inner: base.PyTree
   influence: list
@@ -27,7 +28,8 @@ class RTRLState(NamedTuple):
   init_key: jax.Array
 
 
-def rtrl(system: base.UnrolledSystem, *, num_steps: int) -> base.Estimator:
+def rtrl(system: base.UnrolledSystem, *, num_steps: int,
+         spread_copies: bool = True) -> base.Estimator:
   """Exact forward-mode hypergradients: RTRL with theta as the "parameters".
 
   Carries the influence Z_t = ds_t/dtheta, started from d init/dtheta, and
@@ -37,56 +39,50 @@ def rtrl(system: base.UnrolledSystem, *, num_steps: int) -> base.Estimator:
   needed. Cost per step: the step plus H tangent passes; memory: H copies of
   the state, constant in the horizon.
 
+  Args:
+    system: the unrolled inner problem.
+    num_steps: window length; must divide ``system.horizon``.
+    spread_copies: spread the H tangents over the local devices
+      (:func:`~metaopt.shard_leading`); turn it off when an outer axis (the
+      tuner's chains) is spread instead.
+
   Examples:
+    Unlike truncated BPTT, a one-step window keeps every long-range effect:
+
     >>> import jax, jax.numpy as jnp, metaopt
     >>> system = metaopt.UnrolledSystem(
-    ...     init=lambda key, th: jnp.ones(2) * th,
-    ...     step=lambda s, th, key: (0.5 * s + th, jnp.sum(s ** 2)),
-    ...     horizon=4)
-    >>> est = metaopt.rtrl(system, num_steps=2)
-    >>> state = est.init(jax.random.key(0), jnp.float32(0.1))
-    >>> state, grad, metrics = est.unroll(state, jnp.float32(0.1), jax.random.key(1))
+    ...     init=lambda key, th: th,
+    ...     step=lambda s, th, key: (0.5 * s + th, jnp.sum(s ** 2)), horizon=6)
+    >>> theta = jnp.array([0.1, -0.2])
+    >>> est = metaopt.rtrl(system, num_steps=1)
+    >>> g = metaopt.sum_window_grads(est, theta, jax.random.key(0), num_windows=6)
+    >>> exact = metaopt.exact_grad(system, theta, jax.random.key(0), num_steps=1, num_windows=6)
+    >>> bool(jnp.allclose(g, exact, rtol=1e-5))
+    True
   """
-  horizon = base.check_horizon(system)
-  base.check_num_steps(num_steps, horizon)
 
-  def init(key, theta):
-    base.check_init_args(system, key, theta)
-    inner = system.init(key, theta)
-    theta_vec, _ = base.ravel(theta)
-    floats, _ = base.StateSplit.of(inner).split(inner)
-    influence = [jnp.zeros((theta_vec.size,) + x.shape, x.dtype) for x in floats]
-    return RTRLState(inner, influence, base.initial_count(),
-                     base.key_data(key))
+  def start(theta, keys, init_key):
+    f, theta_vec, split = base.flat_init(system, theta, init_key)
+    floats, lin, others = jax.linearize(f, theta_vec, has_aux=True)
+    return split.merge(floats, others), jax.vmap(lin)(jnp.eye(theta_vec.size, dtype=theta_vec.dtype))
 
-  def unroll(state, theta, key):
-    base.check_theta(theta)
-    keys = base.split_window_key(key, num_steps)
+  def forward(begin, theta, keys):
     theta_vec, unravel = base.ravel(theta)
     basis = jnp.eye(theta_vec.size, dtype=theta_vec.dtype)
-    split = base.StateSplit.of(state.inner)
-
-    def fresh():
-      init_flat = base.flat_init(system, split, unravel, state.init_key)
-      floats, lin, others = jax.linearize(init_flat, theta_vec, has_aux=True)
-      return split.merge(floats, others), jax.vmap(lin)(basis)
-
-    inner, influence = jax.lax.cond(state.count == 0, fresh,
-                                    lambda: (state.inner, state.influence))
+    inner, influence = begin(theta)
+    split = base.StateSplit.of(inner)
 
     def body(carry, step_key):
       inner, influence, grad = carry
       floats, others = split.split(inner)
       f = base.flat_step(system, split, unravel, others, step_key)
       (floats, loss), lin, others = jax.linearize(f, floats, theta_vec, has_aux=True)
-      influence, dloss = jax.vmap(lin)(*sharding.shard_leading((influence, basis)))
-      influence = sharding.shard_leading(influence)
-      return (split.merge(floats, others), influence, grad + dloss.astype(grad.dtype)), loss
+      shard = lambda x: sharding.shard_leading(x, spread=spread_copies)
+      influence, dloss = jax.vmap(lin)(*shard((influence, basis)))
+      return (split.merge(floats, others), shard(influence), grad + dloss.astype(grad.dtype)), loss
 
     (inner, influence, grad), losses = jax.lax.scan(
         body, (inner, influence, jnp.zeros_like(theta_vec)), keys.steps)
-    count, init_key = base.advance_count(state.count, state.init_key, keys.next_init,
-                                         num_steps, horizon)
-    return RTRLState(inner, influence, count, init_key), unravel(grad), {"loss": jnp.sum(losses)}
+    return (inner, influence), unravel(grad), {"loss": jnp.sum(losses)}
 
-  return base.Estimator(init, unroll)
+  return window.windowed(system, RTRLState, num_steps=num_steps, start=start, window=forward)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from metaopt._src import base
 from metaopt._src import elementwise
+from metaopt._src import window
 
 
 class RTRLElementwiseState(NamedTuple):
@@ -18,8 +19,7 @@ class RTRLElementwiseState(NamedTuple):
     inner: the :class:`RecurrentState` at the start of the next window.
     traces: d h[i] / d theta["cell"][i] for every unit i: the structure of
       ``theta["cell"]`` with each leaf ``(num_units, C) + leaf.shape[1:]``.
-    count: inner steps taken in the current horizon.
-    init_key: key data of the key that makes the current horizon's initial state.
+    count, init_key: the window position (see :func:`~metaopt.windowed`).
   """
   inner: elementwise.RecurrentState
   traces: base.PyTree
@@ -75,50 +75,38 @@ def rtrl_elementwise(system: elementwise.ElementwiseSystem, *, num_steps: int) -
     ValueError: for a system without element-wise structure or a bad num_steps.
 
   Examples:
+    Fully online (one-step windows), it still gives the exact gradient:
+
     >>> import jax, jax.numpy as jnp, metaopt
-    >>> cell = metaopt.ElementwiseCell(
+    >>> leaky = metaopt.ElementwiseCell(
     ...     initial=lambda p: jnp.zeros(1),
-    ...     step=lambda h, p, x: jnp.tanh(p["w"] * h + p["u"] @ x),
+    ...     step=lambda h, p, x: h + p["rate"] * (jnp.tanh(p["v"] @ x) - h),
     ...     output=lambda h, p, x: h)
     >>> system = metaopt.elementwise_system(
-    ...     cell, stream_init=lambda key: jnp.zeros((), jnp.int32),
-    ...     observe=lambda s, key: (s + 1, jax.random.normal(key, (3,)), jnp.float32(1.0)),
-    ...     readout_loss=lambda r, o, y: (r @ o[:, 0] - y) ** 2, horizon=10)
-    >>> theta = {"cell": {"w": jnp.full(4, 0.5), "u": jnp.ones((4, 3))}, "readout": jnp.ones(4)}
-    >>> est = metaopt.rtrl_elementwise(system, num_steps=5)
-    >>> state = est.init(jax.random.key(0), theta)
-    >>> state, grad, metrics = est.unroll(state, theta, jax.random.key(1))
+    ...     leaky, stream_init=lambda key: jnp.float32(0.0),
+    ...     observe=lambda t, key: (t + 1, jnp.array([jnp.sin(t), 1.0]), jnp.cos(t)),
+    ...     readout_loss=lambda r, o, y: (r @ o[:, 0] - y) ** 2, horizon=12)
+    >>> theta = {"cell": {"rate": jnp.full(3, 0.3), "v": jnp.ones((3, 2))},
+    ...          "readout": jnp.ones(3)}
+    >>> est = metaopt.rtrl_elementwise(system, num_steps=1)
+    >>> g = metaopt.sum_window_grads(est, theta, jax.random.key(0), num_windows=12)
+    >>> exact = metaopt.exact_grad(system, theta, jax.random.key(0), num_steps=1, num_windows=12)
+    >>> jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.allclose(a, b, rtol=1e-4)), g, exact))
+    True
   """
   if not isinstance(system, elementwise.ElementwiseSystem):
     raise ValueError(
         "rtrl_elementwise needs an ElementwiseSystem (from metaopt.elementwise_system), got "
         f"{type(system).__name__}; for a dense recurrence use metaopt.rtrl or metaopt.uoro")
-  horizon = base.check_horizon(system)
-  base.check_num_steps(num_steps, horizon)
   cell = system.cell
 
-  def fresh(cell_params):
-    hidden, (traces,) = jax.vmap(lambda p: _unit_jacobians(cell.initial, p))(cell_params)
-    return hidden, traces
+  def start(theta, keys, init_key):  # lazily, with this window's theta, like every estimator
+    _, (traces,) = jax.vmap(lambda p: _unit_jacobians(cell.initial, p))(theta["cell"])
+    return system.init(init_key, theta), traces
 
-  def init(key, theta):
-    elementwise.check_theta_layout(theta)
-    base.check_init_args(system, key, theta)
-    inner = system.init(key, theta)
-    _, traces = jax.eval_shape(fresh, theta["cell"])
-    traces = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), traces)
-    return RTRLElementwiseState(inner, traces, base.initial_count(), base.key_data(key))
-
-  def unroll(state, theta, key):
-    base.check_theta(theta)
-    keys = base.split_window_key(key, num_steps)
+  def forward(begin, theta, keys):
     cell_params = theta["cell"]
-
-    def start():  # lazily, with this window's theta, like every estimator
-      _, traces = fresh(cell_params)
-      return system.init(base.as_key(state.init_key), theta), traces
-
-    inner, traces = jax.lax.cond(state.count == 0, start, lambda: (state.inner, state.traces))
+    inner, traces = begin(theta)
 
     def body(carry, step_key):
       inner, traces, grad = carry
@@ -144,9 +132,7 @@ def rtrl_elementwise(system: elementwise.ElementwiseSystem, *, num_steps: int) -
 
     zeros = jax.tree.map(jnp.zeros_like, theta)
     (inner, traces, grad), losses = jax.lax.scan(body, (inner, traces, zeros), keys.steps)
-    count, init_key = base.advance_count(state.count, state.init_key, keys.next_init,
-                                         num_steps, horizon)
-    return (RTRLElementwiseState(inner, traces, count, init_key), grad,
-            {"loss": jnp.sum(losses)})
+    return (inner, traces), grad, {"loss": jnp.sum(losses)}
 
-  return base.Estimator(init, unroll)
+  return window.windowed(system, RTRLElementwiseState, num_steps=num_steps, start=start,
+                         window=forward, check_theta=elementwise.check_theta_layout)

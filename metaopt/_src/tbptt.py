@@ -8,15 +8,16 @@ import jax
 import jax.numpy as jnp
 
 from metaopt._src import base
+from metaopt._src import window
 
 
 class TBPTTState(NamedTuple):
-  """State of :func:`tbptt` and :func:`full_bptt`.
+  """State of :func:`tbptt` and :func:`full_bptt` (the window mechanism's fields alone).
 
   Attributes:
     inner: the inner state at the start of the next window.
-    count: inner steps taken in the current horizon (0 at a horizon start).
-    init_key: key data (uint32) of the key that makes the current horizon's initial state.
+    count: inner steps taken in the current horizon (see :func:`~metaopt.windowed`).
+    init_key: key data of the current horizon's initial-state key.
   """
   inner: base.PyTree
   count: jax.Array
@@ -46,46 +47,37 @@ def tbptt(system: base.UnrolledSystem, *, num_steps: int, remat: bool = False) -
     An :class:`~metaopt.Estimator`. ``metrics["loss"]`` is the window's summed loss.
 
   Examples:
+    Truncation ignores the first window's effect on the second: a one-step
+    window sees only the direct effect of theta on each loss.
+
     >>> import jax, jax.numpy as jnp, metaopt
     >>> system = metaopt.UnrolledSystem(
-    ...     init=lambda key, th: jnp.ones(2),
-    ...     step=lambda s, th, key: (0.5 * s + th, jnp.sum(s ** 2)),
-    ...     horizon=4)
-    >>> est = metaopt.tbptt(system, num_steps=2)
-    >>> state = est.init(jax.random.key(0), jnp.float32(0.1))
-    >>> state, grad, metrics = est.unroll(state, jnp.float32(0.1), jax.random.key(1))
+    ...     init=lambda key, th: jnp.float32(0.0),
+    ...     step=lambda s, th, key: (s + th, s + th), horizon=4)
+    >>> est = metaopt.tbptt(system, num_steps=1)
+    >>> g = metaopt.sum_window_grads(est, jnp.float32(1.0), jax.random.key(0), num_windows=4)
+    >>> float(g), float(metaopt.exact_grad(system, 1.0, jax.random.key(0), num_steps=1,
+    ...                                    num_windows=4))
+    (4.0, 10.0)
   """
-  horizon = base.check_horizon(system)
-  base.check_num_steps(num_steps, horizon)
-  segment = _segment_length(num_steps) if remat else num_steps
+  def window_loss(begin, theta, keys):
+    segment = _segment_length(num_steps) if remat else num_steps
+    run = lambda s, ks: jax.lax.scan(lambda s, k: system.step(s, theta, k), s, ks)
+    if segment == num_steps:
+      final, losses = run(begin(theta), keys.steps)
+    else:  # keep only segment boundaries; recompute a segment's inside when differentiating
+      final, losses = jax.lax.scan(jax.checkpoint(run), begin(theta),
+                                   keys.steps.reshape((-1, segment) + keys.steps.shape[1:]))
+    return jnp.sum(losses), final
 
-  def init(key, theta):
-    base.check_init_args(system, key, theta)
-    return TBPTTState(system.init(key, theta), base.initial_count(),
-                     base.key_data(key))
+  def backprop(begin, theta, keys):
+    (loss, final), grad = jax.value_and_grad(window_loss, argnums=1, has_aux=True)(
+        begin, theta, keys)
+    return (final,), grad, {"loss": loss}
 
-  def unroll(state, theta, key):
-    base.check_theta(theta)
-    keys = base.split_window_key(key, num_steps)
-
-    def window_loss(th):
-      start = jax.lax.cond(state.count == 0,
-                           lambda: system.init(base.as_key(state.init_key), th),
-                           lambda: jax.lax.stop_gradient(state.inner))
-      run = lambda s, ks: jax.lax.scan(lambda s, k: system.step(s, th, k), s, ks)
-      if segment == num_steps:
-        final, losses = run(start, keys.steps)
-      else:  # keep only segment boundaries; recompute a segment's inside when differentiating
-        final, losses = jax.lax.scan(jax.checkpoint(run), start,
-                                     keys.steps.reshape((-1, segment) + keys.steps.shape[1:]))
-      return jnp.sum(losses), final
-
-    (loss, final), grad = jax.value_and_grad(window_loss, has_aux=True)(theta)
-    count, init_key = base.advance_count(state.count, state.init_key, keys.next_init,
-                                         num_steps, horizon)
-    return TBPTTState(final, count, init_key), grad, {"loss": loss}
-
-  return base.Estimator(init, unroll)
+  return window.windowed(system, TBPTTState, num_steps=num_steps, window=backprop,
+                         start=lambda theta, keys, init_key: system.init(init_key, theta),
+                         resume=lambda fields: fields[0])
 
 
 def _segment_length(num_steps: int) -> int:
@@ -105,11 +97,12 @@ def full_bptt(system: base.UnrolledSystem, *, remat: bool = False) -> base.Estim
   Examples:
     >>> import jax, jax.numpy as jnp, metaopt
     >>> system = metaopt.UnrolledSystem(
-    ...     init=lambda key, th: jnp.ones(2) * th,
-    ...     step=lambda s, th, key: (0.5 * s + th, jnp.sum(s ** 2)),
-    ...     horizon=4)
+    ...     init=lambda key, th: jnp.float32(0.0),
+    ...     step=lambda s, th, key: (s + th, s + th), horizon=4)
     >>> est = metaopt.full_bptt(system)
-    >>> state = est.init(jax.random.key(0), jnp.float32(0.1))
-    >>> _, grad, _ = est.unroll(state, jnp.float32(0.1), jax.random.key(1))
+    >>> state = est.init(jax.random.key(0), jnp.float32(1.0))
+    >>> _, grad, metrics = est.unroll(state, jnp.float32(1.0), jax.random.key(1))
+    >>> float(grad), float(metrics["loss"])  # loss 1 + 2 + 3 + 4 = 10 theta
+    (10.0, 10.0)
   """
   return tbptt(system, num_steps=base.check_horizon(system), remat=remat)

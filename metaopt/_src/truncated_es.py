@@ -9,15 +9,16 @@ import jax.numpy as jnp
 
 from metaopt._src import base
 from metaopt._src import perturbations
+from metaopt._src import window
 
 
 class TruncatedESState(NamedTuple):
   """State of :func:`truncated_es`.
 
   Attributes:
-    inner: the unperturbed inner state at the start of the next window.
-    count: inner steps taken in the current horizon.
-    init_key: key data (uint32) of the key that makes the current horizon's initial state.
+    inner: the unperturbed inner state at the start of the next window (one
+      copy: the particles restart from it every window).
+    count, init_key: the window position (see :func:`~metaopt.windowed`).
   """
   inner: base.PyTree
   count: jax.Array
@@ -25,7 +26,7 @@ class TruncatedESState(NamedTuple):
 
 
 def truncated_es(system: base.UnrolledSystem, *, num_steps: int, num_particles: int,
-                 sigma: float) -> base.Estimator:
+                 sigma: float, spread_copies: bool = True) -> base.Estimator:
   """Truncated ES: antithetic ES on each window alone, with no memory across windows.
 
   Each window, every particle starts from the same unperturbed state (in a
@@ -40,48 +41,47 @@ def truncated_es(system: base.UnrolledSystem, *, num_steps: int, num_particles: 
     num_steps: window length; must divide ``system.horizon``.
     num_particles: number of perturbed particles, even (antithetic pairs).
     sigma: standard deviation of the perturbations.
+    spread_copies: spread the particles over the local devices.
 
   Returns:
     An :class:`~metaopt.Estimator`; ``metrics["loss"]`` is the unperturbed
     copy's window sum.
 
   Examples:
+    Here theta only acts through the state it leaves to later windows, which
+    truncation cuts: after the first window the estimate is exactly zero.
+
     >>> import jax, jax.numpy as jnp, metaopt
     >>> system = metaopt.UnrolledSystem(
-    ...     init=lambda key, th: jnp.ones(2) * th,
-    ...     step=lambda s, th, key: (0.5 * s + th, jnp.sum(s ** 2)),
-    ...     horizon=4)
+    ...     init=lambda key, th: th,
+    ...     step=lambda s, th, key: (0.5 * s, s ** 2), horizon=4)
     >>> est = metaopt.truncated_es(system, num_steps=2, num_particles=8, sigma=0.01)
-    >>> state = est.init(jax.random.key(0), jnp.float32(0.1))
-    >>> state, grad, metrics = est.unroll(state, jnp.float32(0.1), jax.random.key(1))
+    >>> state = est.init(jax.random.key(0), jnp.float32(1.0))
+    >>> state, first, _ = est.unroll(state, jnp.float32(1.0), jax.random.key(1))
+    >>> state, second, _ = est.unroll(state, jnp.float32(1.0), jax.random.key(2))
+    >>> bool(first > 0.0), float(second)
+    (True, 0.0)
   """
-  horizon = base.check_horizon(system)
-  base.check_num_steps(num_steps, horizon)
-  base.check_num_particles(num_particles)
-  sigma = base.check_sigma(sigma)
+  num_particles, sigma = perturbations.check_options(num_particles, sigma)
 
-  def init(key, theta):
-    base.check_init_args(system, key, theta)
-    return TruncatedESState(system.init(key, theta), base.initial_count(),
-                     base.key_data(key))
-
-  def unroll(state, theta, key):
-    base.check_theta(theta)
-    keys = base.split_window_key(key, num_steps)
-    theta_vec, unravel = base.ravel(theta)
-    eps = perturbations.antithetic(keys.noise, theta_vec, num_particles, sigma)
+  def thetas_of(theta, keys):
     # Row 0 is the unperturbed copy that carries the state forward.
-    thetas = jnp.concatenate([theta_vec[None], theta_vec + eps])
-    starts = jax.lax.cond(
-        state.count == 0,
-        lambda: perturbations.init_particles(system, unravel, base.as_key(state.init_key), thetas),
-        lambda: jax.tree.map(lambda x: jnp.broadcast_to(x, (num_particles + 1,) + x.shape),
-                             state.inner))
-    finals, losses = perturbations.run_particles(system, unravel, starts, thetas, keys.steps)
-    grad = perturbations.antithetic_estimate(eps, losses[1:], sigma)
-    count, init_key = base.advance_count(state.count, state.init_key, keys.next_init,
-                                         num_steps, horizon)
-    inner = jax.tree.map(lambda x: x[0], finals)
-    return TruncatedESState(inner, count, init_key), unravel(grad), {"loss": losses[0]}
+    theta_vec, unravel, eps = perturbations.window_draw(theta, keys, num_particles, sigma)
+    return jnp.concatenate([theta_vec[None], theta_vec + eps]), unravel, eps
 
-  return base.Estimator(init, unroll)
+  def start(theta, keys, init_key):
+    thetas, unravel, _ = thetas_of(theta, keys)
+    return perturbations.init_particles(system, unravel, init_key, thetas, spread=spread_copies)
+
+  def resume(fields):
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_particles + 1,) + x.shape), fields[0])
+
+  def truncated(begin, theta, keys):
+    thetas, unravel, eps = thetas_of(theta, keys)
+    finals, losses = perturbations.run_particles(system, unravel, begin(theta), thetas,
+                                                 keys.steps, spread=spread_copies)
+    grad = perturbations.antithetic_estimate(eps, losses[1:], sigma)
+    return (jax.tree.map(lambda x: x[0], finals),), unravel(grad), {"loss": losses[0]}
+
+  return window.windowed(system, TruncatedESState, num_steps=num_steps, start=start,
+                         resume=resume, window=truncated)

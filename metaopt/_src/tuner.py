@@ -47,7 +47,7 @@ class Tuner(NamedTuple):
 
 def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformation, *,
           num_chains: int = 1, max_grad_norm: float | None = None,
-          ema_decay: float = 0.9) -> Tuner:
+          ema_decay: float = 0.9, spread_chains: bool | None = None) -> Tuner:
   """Online hyperparameter tuning with any estimator and any optax meta-optimiser.
 
   Each outer step runs one window of every chain (``num_chains`` independent
@@ -67,6 +67,11 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
       their spread is the online variance estimate.
     max_grad_norm: if given, clip the averaged hypergradient to this global norm.
     ema_decay: decay of the moving mean and variance of the hypergradient over time.
+    spread_chains: lay the chains out over the local devices (default: when
+      there are several devices and ``num_chains`` divides their number). One
+      axis only should be spread: when the chains are, build the estimator
+      with ``spread_copies=False`` (:func:`~metaopt.get_estimator` takes it
+      too), or XLA moves data between devices every window.
 
   Returns:
     A :class:`Tuner`. ``info`` holds ``grad`` (flat, averaged), ``chain_grads``
@@ -92,16 +97,11 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay!r}")
   if max_grad_norm is not None:
     meta_optimizer = optax.chain(optax.clip_by_global_norm(max_grad_norm), meta_optimizer)
-  def on_chains(fn, in_axes):  # vmapped over chains; chains spread over devices when they divide
-    batched = jax.vmap(fn, in_axes=in_axes)
-
-    def call(*args):
-      with sharding.outer_axis(num_chains):
-        return batched(*args)
-    return call
-
-  init_chains = on_chains(estimator.init, (0, None))
-  unroll_chains = on_chains(estimator.unroll, (0, None, 0))
+  if spread_chains is None:
+    spread_chains = sharding.spreads(num_chains)
+  shard = lambda tree: sharding.shard_leading(tree, spread=spread_chains)
+  init_chains = jax.vmap(estimator.init, in_axes=(0, None))
+  unroll_chains = jax.vmap(estimator.unroll, in_axes=(0, None, 0))
 
   def init(key, theta):
     base.check_key(key)
@@ -114,7 +114,7 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     zeros = jnp.zeros_like(theta_vec)
     return TunerState(
         theta=theta, outer_state=meta_optimizer.init(theta),
-        estimator_state=sharding.shard_leading(
+        estimator_state=shard(
             init_chains(jax.random.split(key_chains, num_chains), theta)),
         key=base.key_data(key_next), step=jnp.zeros((), jnp.int32),
         num_skipped=jnp.zeros((), jnp.int32), grad_mean=zeros, grad_sq_mean=zeros,
@@ -123,9 +123,9 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
   def update(state):
     key_unroll, key_reset, key_next = jax.random.split(base.as_key(state.key), 3)
     est_state, grads, metrics = unroll_chains(
-        sharding.shard_leading(state.estimator_state), state.theta,
+        shard(state.estimator_state), state.theta,
         jax.random.split(key_unroll, num_chains))
-    est_state = sharding.shard_leading(est_state)
+    est_state = shard(est_state)
     chain_grads = jax.vmap(lambda g: base.ravel(g)[0])(grads)
     chain_ok = jnp.all(jnp.isfinite(chain_grads), axis=1) & jnp.isfinite(metrics["loss"])
     finite = jnp.all(chain_ok)

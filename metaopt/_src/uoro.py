@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from metaopt._src import base
+from metaopt._src import window
 
 RHO_RULES = ("norm", "fixed", "variance")
 NOISES = ("rademacher", "gaussian")
@@ -29,8 +30,7 @@ class UOROState(NamedTuple):
     theta_tilde: theta-sized factors, (rank, H).
     loss_grad_energy: per float leaf of ``inner``, a running mean of the
       squared loss gradient dL/ds (what ``shaping="diagonal"`` shapes the noise with).
-    count: inner steps taken in the current horizon.
-    init_key: key data of the key that makes the current horizon's initial state.
+    count, init_key: the window position (see :func:`~metaopt.windowed`).
   """
   inner: base.PyTree
   s_tilde: list
@@ -115,17 +115,20 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str = "norm",
     ranks) and ``rho0``, ``rho1`` (means over the window's steps and ranks).
 
   Examples:
+    Rank-k UORO averages k independent rank-one estimates, so its variance
+    falls about like 1/k:
+
     >>> import jax, jax.numpy as jnp, metaopt
     >>> system = metaopt.UnrolledSystem(
-    ...     init=lambda key, th: jnp.ones(2) * th,
-    ...     step=lambda s, th, key: (0.5 * s + th, jnp.sum(s ** 2)),
-    ...     horizon=4)
-    >>> est = metaopt.uoro(system, num_steps=2, rho="variance", rank=4)
-    >>> state = est.init(jax.random.key(0), jnp.float32(0.1))
-    >>> state, grad, metrics = est.unroll(state, jnp.float32(0.1), jax.random.key(1))
+    ...     init=lambda key, th: jnp.ones(3),
+    ...     step=lambda s, th, key: (jnp.tanh(th * s + 0.1), jnp.sum(s)), horizon=8)
+    >>> def spread(rank):
+    ...   est = metaopt.uoro(system, num_steps=4, rank=rank)
+    ...   draw = lambda k: metaopt.sum_window_grads(est, 0.5, k, num_windows=2)
+    ...   return jnp.std(jax.vmap(draw)(jax.random.split(jax.random.key(0), 200)))
+    >>> bool(spread(8) < spread(1) / 2)
+    True
   """
-  horizon = base.check_horizon(system)
-  base.check_num_steps(num_steps, horizon)
   for name, value, choices in (("rho", rho, RHO_RULES), ("noise", noise, NOISES),
                                ("shaping", shaping, SHAPINGS)):
     if value not in choices:
@@ -142,16 +145,6 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str = "norm",
   needs_loss_grad = rho == "variance" or shaping == "diagonal"
   over_ranks = _over_ranks if rank > 1 else _single_rank
 
-  def init(key, theta):
-    base.check_init_args(system, key, theta)
-    inner = system.init(key, theta)
-    theta_vec, _ = base.ravel(theta)
-    floats, _ = base.StateSplit.of(inner).split(inner)
-    return UOROState(inner, [jnp.zeros((rank,) + x.shape, x.dtype) for x in floats],
-                     jnp.zeros((rank, theta_vec.size), theta_vec.dtype),
-                     jnp.zeros((len(floats),), theta_vec.dtype), base.initial_count(),
-                     base.key_data(key))
-
   def noise_shape(energy, like):
     """q per float leaf, ((energy_l + mean energy) / mean energy)^(-1/4), unit mean square.
 
@@ -167,29 +160,25 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str = "norm",
     q = q / jnp.sqrt(jnp.sum(sizes * q**2) / jnp.sum(sizes))
     return [q[i].astype(x.dtype) for i, x in enumerate(like)]
 
-  def unroll(state, theta, key):
-    base.check_theta(theta)
-    keys = base.split_window_key(key, num_steps)
+  def start(theta, keys, init_key):
+    """A horizon's rank-one start: s_tilde = rho nu, theta_tilde = u^T Q^-1 (d init/dtheta) / rho."""
+    f, theta_vec, split = base.flat_init(system, theta, init_key)
+    floats, init_vjp, others = jax.vjp(f, theta_vec, has_aux=True)
+    energy = jnp.zeros((len(floats),), theta_vec.dtype)
+    q = noise_shape(energy, floats)
+    u = _noise(jax.random.split(keys.noise, num_steps + 1)[-1], floats, rank, noise)
+    nu = [qi * ui for qi, ui in zip(q, u)]
+    theta_tilde = jax.vmap(lambda uk: init_vjp([x / qi for x, qi in zip(uk, q)])[0])(u)
+    rho_ = jnp.sqrt((jnp.linalg.norm(theta_tilde, axis=1) + epsilon)
+                    / (jax.vmap(_norm)(nu) + epsilon))
+    return (split.merge(floats, others), [_bcast(rho_, n) * n for n in nu],
+            theta_tilde / rho_[:, None].astype(theta_tilde.dtype), energy)
+
+  def forward(begin, theta, keys):
     noise_keys = jax.random.split(keys.noise, num_steps + 1)
     theta_vec, unravel = base.ravel(theta)
-    split = base.StateSplit.of(state.inner)
-    fresh = state.count == 0
-    energy = jnp.where(fresh, 0.0, state.loss_grad_energy)
-
-    def start():
-      init_flat = base.flat_init(system, split, unravel, state.init_key)
-      floats, init_vjp, others = jax.vjp(init_flat, theta_vec, has_aux=True)
-      q = noise_shape(energy, floats)
-      u = _noise(noise_keys[-1], floats, rank, noise)
-      nu = [qi * ui for qi, ui in zip(q, u)]
-      theta_tilde = jax.vmap(lambda uk: init_vjp([x / qi for x, qi in zip(uk, q)])[0])(u)
-      rho_ = jnp.sqrt((jnp.linalg.norm(theta_tilde, axis=1) + epsilon)
-                      / (jax.vmap(_norm)(nu) + epsilon))
-      return (split.merge(floats, others), [_bcast(rho_, n) * n for n in nu],
-              theta_tilde / rho_[:, None].astype(theta_tilde.dtype))
-
-    inner, s_tilde, theta_tilde = jax.lax.cond(
-        fresh, start, lambda: (state.inner, state.s_tilde, state.theta_tilde))
+    inner, s_tilde, theta_tilde, energy = begin(theta)
+    split = base.StateSplit.of(inner)
 
     def body(carry, keys_t):
       inner, s_tilde, theta_tilde, energy, grad = carry
@@ -246,16 +235,13 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str = "norm",
     (inner, s_tilde, theta_tilde, energy, grad), (losses, rho0, rho1) = jax.lax.scan(
         body, (inner, s_tilde, theta_tilde, energy, jnp.zeros_like(theta_vec)),
         (keys.steps, noise_keys[:-1]))
-    count, init_key = base.advance_count(state.count, state.init_key, keys.next_init,
-                                         num_steps, horizon)
     metrics = {"loss": jnp.sum(losses),
                "s_tilde_norm": jnp.mean(jax.vmap(_norm)(s_tilde)),
                "theta_tilde_norm": jnp.mean(jnp.linalg.norm(theta_tilde, axis=1)),
                "rho0": jnp.mean(rho0), "rho1": jnp.mean(rho1)}
-    return (UOROState(inner, s_tilde, theta_tilde, energy, count, init_key), unravel(grad),
-            metrics)
+    return (inner, s_tilde, theta_tilde, energy), unravel(grad), metrics
 
-  return base.Estimator(init, unroll)
+  return window.windowed(system, UOROState, num_steps=num_steps, start=start, window=forward)
 
 
 def _over_ranks(f):

@@ -1,0 +1,172 @@
+"""The window mechanism every estimator is built on.
+
+An estimator's own math is what happens inside one window; :func:`windowed`
+owns the rest: validation, the key split every estimator shares (so a user
+can replay the inner trajectory), the lazy start of a horizon with the
+current theta, the reset at the horizon's end and the step count.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from metaopt._src import base
+
+
+class WindowKeys(NamedTuple):
+  """How an estimator uses the key given to one ``unroll`` call.
+
+  Attributes:
+    next_init: makes the initial state of the next horizon, if this window
+      ends the current one.
+    noise: the estimator's own randomness (UORO signs, ES perturbations).
+    steps: ``(num_steps,)`` keys, one per inner step, shared by all particles.
+  """
+  next_init: jax.Array
+  noise: jax.Array
+  steps: jax.Array
+
+
+def split_window_key(key: jax.Array, num_steps: int) -> WindowKeys:
+  """Splits an ``unroll`` key the way every metaopt estimator does.
+
+  With it, a user can replay exactly the inner trajectory an estimator saw:
+  horizon ``h`` starts from ``system.init(k_h, theta)``, where ``k_0`` is the
+  key given to ``est.init`` and ``k_{h+1}`` is ``next_init`` of the last
+  window of horizon ``h``; inner step ``j`` of a window uses ``steps[j]``.
+
+  Examples:
+    >>> import jax, metaopt
+    >>> keys = metaopt.split_window_key(jax.random.key(0), 5)
+    >>> keys.steps.shape
+    (5,)
+  """
+  keys = jax.random.split(key, num_steps + 2)
+  return WindowKeys(next_init=keys[0], noise=keys[1], steps=keys[2:])
+
+
+Fields = tuple
+Begin = Callable[[base.PyTree], Any]
+
+
+def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
+             start: Callable[[base.PyTree, WindowKeys, jax.Array], Any],
+             window: Callable[[Begin, base.PyTree, WindowKeys], tuple[Fields, base.PyTree, dict]],
+             resume: Callable[[Fields], Any] | None = None,
+             check_theta: Callable[[base.PyTree], None] | None = None) -> base.Estimator:
+  """Builds an :class:`~metaopt.Estimator` from one window's math.
+
+  The estimator's state is a ``state_type`` NamedTuple whose fields are
+  ``inner`` (the inner state(s) the next window starts from), the
+  estimator's own carry, then ``count`` (inner steps taken in the current
+  horizon, 0 at a horizon start) and ``init_key`` (key data of the key that
+  makes the current horizon's initial state). This function owns ``count``
+  and ``init_key``; the estimator owns the fields before them ("fields").
+
+  Each ``unroll(state, theta, key)`` splits ``key`` with
+  :func:`split_window_key` and calls ``window(begin, theta, keys)``, which
+  returns ``(fields, grad, metrics)``. ``begin(theta)`` is where the window
+  starts: at a horizon start, ``start(theta, keys, init_key)`` (a fresh
+  horizon made with the theta passed to ``begin``, so an estimator that
+  differentiates ``begin`` differentiates through ``system.init``); otherwise
+  ``resume(fields)`` of the state (by default the fields themselves). Both
+  must return the same structure. A window never straddles a horizon:
+  ``num_steps`` must divide ``system.horizon``.
+
+  ``init(key, theta)`` validates its arguments (plus ``check_theta``, if
+  given) and the system's shapes without FLOPs; its fields are zeros shaped
+  like a window's output, except ``inner``, which holds ``system.init(key,
+  theta)`` (broadcast over particles). The first ``unroll`` starts a horizon
+  from ``key`` with its own theta.
+
+  Args:
+    system: the unrolled inner problem.
+    state_type: the estimator's state NamedTuple, fields as above.
+    num_steps: inner steps per window.
+    start: ``start(theta, keys, init_key) -> carry`` at a horizon start;
+      ``init_key`` is a typed key.
+    window: ``window(begin, theta, keys) -> (fields, grad, metrics)``; ``grad``
+      estimates d(sum of this window's losses)/d theta with theta's structure
+      and ``metrics["loss"]`` is that sum.
+    resume: ``resume(fields) -> carry`` away from a horizon start.
+    check_theta: extra validation of theta at ``init`` (raises ValueError).
+
+  Returns:
+    An :class:`~metaopt.Estimator`.
+
+  Examples:
+    Forward-mode sensitivity of a one-dimensional state, in a few lines:
+
+    >>> import typing, jax, jax.numpy as jnp, metaopt
+    >>> class SensitivityState(typing.NamedTuple):
+    ...   inner: jax.Array
+    ...   ds_dtheta: jax.Array
+    ...   count: jax.Array
+    ...   init_key: jax.Array
+    >>> system = metaopt.UnrolledSystem(
+    ...     init=lambda key, th: jnp.float32(1.0),
+    ...     step=lambda s, th, key: (th * s, s ** 2), horizon=6)
+    >>> def window(begin, theta, keys):
+    ...   s, z = begin(theta)
+    ...   grad = loss = 0.0
+    ...   for _ in range(len(keys.steps)):  # s' = theta s, L = s^2
+    ...     grad, loss, s, z = grad + 2 * s * z, loss + s ** 2, theta * s, theta * z + s
+    ...   return (s, z), grad, {"loss": loss}
+    >>> est = metaopt.windowed(system, SensitivityState, num_steps=3, window=window,
+    ...                        start=lambda th, keys, k: (system.init(k, th), 0.0 * th))
+    >>> state = est.init(jax.random.key(0), jnp.float32(0.9))
+    >>> state, grad, _ = est.unroll(state, jnp.float32(0.9), jax.random.key(1))
+    >>> round(float(grad), 4)  # d/dtheta (1 + theta^2 + theta^4) at 0.9
+    4.716
+  """
+  horizon = base.check_horizon(system)
+  check_num_steps(num_steps, horizon)
+  resume = resume or (lambda fields: fields)
+
+  def init(key, theta):
+    if check_theta is not None:
+      check_theta(theta)
+    base.check_key(key)
+    base.check_theta(theta)
+    base.check_system_shapes(system, key, theta)
+    key = base.as_key(base.key_data(key))
+    keys = split_window_key(key, num_steps)
+    shapes = jax.eval_shape(lambda th: window(lambda t: start(t, keys, key), th, keys)[0], theta)
+    inner = system.init(key, theta)
+    fields = [jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), f) for f in shapes]
+    fields[0] = jax.tree.map(lambda x, s: jnp.broadcast_to(x, s.shape).astype(s.dtype),
+                             inner, shapes[0])
+    return state_type(*fields, jnp.zeros((), jnp.int32), base.key_data(key))
+
+  def unroll(state, theta, key):
+    base.check_theta(theta)
+    keys = split_window_key(key, num_steps)
+    fresh = state.count == 0
+    fields = tuple(state)[:-2]
+
+    def begin(th):
+      return jax.lax.cond(fresh, lambda: start(th, keys, base.as_key(state.init_key)),
+                          lambda: resume(fields))
+
+    fields, grad, metrics = window(begin, theta, keys)
+    count = state.count + num_steps
+    done = count >= horizon
+    return (state_type(*fields, jnp.where(done, 0, count).astype(jnp.int32),
+                       jnp.where(done, base.key_data(keys.next_init), state.init_key)),
+            grad, metrics)
+
+  return base.Estimator(init, unroll)
+
+
+def check_num_steps(num_steps: Any, horizon: int) -> int:
+  """Raises ValueError unless num_steps is a positive int that divides the horizon."""
+  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+    raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+  if horizon % num_steps:
+    raise ValueError(
+        f"num_steps={num_steps} must divide the system's horizon={horizon} "
+        "(windows must not straddle a horizon reset)")
+  return num_steps
