@@ -66,11 +66,21 @@ def test_digits_mlp_learns():
 
 
 def test_digits_parameter_counts_span_the_benchmark_range():
-  def count(**kw):
-    return int(unrolled.get("digits_mlp", **kw).description.split("(")[1].split()[0])
+  count = lambda **kw: unrolled.get("digits_mlp", **kw).num_params
   assert 4000 < count(width=64, depth=1) < 6000
   assert count(width=128, depth=2) == 26122
   assert count(width=700, depth=3) > 900_000
+
+
+@pytest.mark.parametrize("name,trained", [
+    ("digits_mlp", lambda state: state.params),  # not the momentum slots
+    ("influence_balancing", lambda state: state),
+    ("toy_regression", lambda state: state.x),  # not the step counter
+])
+def test_num_params_counts_what_the_inner_loop_trains(name, trained):
+  problem = unrolled.get(name, **({"width": 16, "depth": 1} if name == "digits_mlp" else {}))
+  state = problem.system.init(jax.random.key(0), problem.theta)
+  assert problem.num_params == sum(x.size for x in jax.tree.leaves(trained(state)))
 
 
 def test_registry_lists_and_refuses_clearly():

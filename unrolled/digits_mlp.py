@@ -79,6 +79,10 @@ def digits_mlp(*, width: int = 128, depth: int = 2, optimizer: str = "sgd_moment
     meta_loss: ``"validation"`` (loss on the whole validation split after
       each step) or ``"train"``.
     seed: the train/validation split.
+
+  Returns:
+    A :class:`Problem` whose ``num_params`` counts the MLP's weights and biases
+    (26,122 at 128 x 2), not the optimiser's slots.
   """
   if schedule not in SCHEDULES:
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -151,4 +155,4 @@ def digits_mlp(*, width: int = 128, depth: int = 2, optimizer: str = "sgd_moment
       description=(f"Digits MLP {'-'.join(map(str, sizes))} ({num_params} parameters), "
                    f"{optimizer}, {schedule} learning-rate schedule, horizon {horizon}, "
                    f"batch {batch_size}, meta-loss {meta_loss}."),
-      hyperparameters=hyperparameters, evaluate=evaluate)
+      hyperparameters=hyperparameters, evaluate=evaluate, num_params=num_params)

@@ -25,6 +25,10 @@ def influence_balancing(*, n: int = 23, p: int = 10, horizon: int = 100,
     p: number of "positive" units (the first p).
     horizon: inner steps before the state restarts from ones.
     theta: initial theta.
+
+  Returns:
+    A :class:`Problem` whose ``num_params`` is ``n``: the units the inner loop
+    updates (its state; there are no separate weights).
   """
   if not 0 < p < n:
     raise ValueError(f"p must lie in (0, n={n}), got {p!r}")
@@ -45,4 +49,4 @@ def influence_balancing(*, n: int = 23, p: int = 10, horizon: int = 100,
       theta=jnp.float32(theta),
       description=(f"Influence balancing (Tallec & Ollivier 2017): n={n} units, p={p} positive, "
                    f"horizon {horizon}; long-horizon optimum theta* = {1 / (2 * (2 * p - n)):.4f}."),
-      hyperparameters=lambda th: {"theta": th})
+      hyperparameters=lambda th: {"theta": th}, num_params=n)

@@ -19,9 +19,12 @@ class Problem(NamedTuple):
       horizon), for logs and summaries.
     evaluate: optional ``evaluate(inner_state) -> dict`` of scalars (e.g.
       validation loss and accuracy of the trained parameters).
+    num_params: how many numbers the inner loop trains (the model's weights,
+      not optimiser slots such as momentum, nor theta); None where unknown.
   """
   system: metaopt.UnrolledSystem
   theta: Any
   description: str
   hyperparameters: Callable[[Any], dict]
   evaluate: Callable[[Any], dict] | None = None
+  num_params: int | None = None

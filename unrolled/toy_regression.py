@@ -35,6 +35,10 @@ def toy_regression(*, horizon: int = 100, theta: tuple[float, float] = (-4.0, -4
   Args:
     horizon: inner steps T.
     theta: initial (log lr at step 0, log lr at step T).
+
+  Returns:
+    A :class:`Problem` whose ``num_params`` is 2: the point x that SGD trains
+    (the step counter is not a parameter).
   """
   schedule = schedules.linear_interpolation(1.0, 1.0, horizon=horizon)
   grad_f = jax.grad(toy_objective)
@@ -57,4 +61,4 @@ def toy_regression(*, horizon: int = 100, theta: tuple[float, float] = (-4.0, -4
       hyperparameters=lambda th: {"learning_rate_start": jnp.exp(th[0]),
                                   "learning_rate_end": jnp.exp(th[1]),
                                   "learning_rate_curve": schedule.curve(th, horizon)},
-      evaluate=lambda state: {"f": toy_objective(state.x)})
+      evaluate=lambda state: {"f": toy_objective(state.x)}, num_params=2)

@@ -1,0 +1,149 @@
+"""The benchmark's cost suites (``suite(config) -> {"rows": [...], ...}``) and their problems.
+
+The suites of whole online runs are in :mod:`studies.benchmark_online`. A
+ratio is (estimator seconds per inner step) / (plain seconds per inner step),
+each a median over repeats timed interleaved (:mod:`metaopt.timing`). The
+problem is ``unrolled.digits_mlp`` (SGD with momentum on scikit-learn's digits,
+meta-loss = validation loss after each step) unless a suite says otherwise.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+import metaopt
+from metaopt import timing
+import unrolled
+
+PARAMS_SWEEP = ((64, 1), (128, 2), (256, 2), (512, 2), (700, 3))  # ~5k, 26k, 85k, 300k, 1M
+
+
+def digits(*, width=128, depth=2, num_hyperparams=2, horizon=200):
+  """The digits MLP with H hyperparameters: 1 lr; 2 lr + weight decay; else H schedule knots.
+
+  Examples:
+    >>> from studies import benchmark_suites
+    >>> benchmark_suites.digits(width=16, depth=1, num_hyperparams=8).num_params
+    1210
+  """
+  if num_hyperparams == 1:
+    options = {}
+  elif num_hyperparams == 2:
+    options = {"weight_decay": 1e-4}
+  else:
+    options = {"schedule": "piecewise_linear", "num_knots": num_hyperparams}
+  problem = unrolled.digits_mlp(width=width, depth=depth, horizon=horizon, **options)
+  size = jax.flatten_util.ravel_pytree(problem.theta)[0].size
+  assert size == num_hyperparams, (size, num_hyperparams)
+  return problem
+
+
+def label(spec, num_particles):
+  """``name(8)`` for an estimator that takes particles (8 of them), else the spec itself.
+
+  Examples:
+    >>> import metaopt
+    >>> from studies import benchmark_suites
+    >>> benchmark_suites.label("uoro[rank=4]", 8)
+    'uoro[rank=4]'
+    >>> takers = [n for n in metaopt.ESTIMATORS if "num_particles" in metaopt.estimator_info(n).takes]
+    >>> all(benchmark_suites.label(n, 8) == f"{n}(8)" for n in takers), len(takers)
+    (True, 3)
+  """
+  takes = metaopt.estimator_info(spec).takes
+  return f"{spec}({num_particles})" if "num_particles" in takes else spec
+
+
+def make(spec, system, num_steps, num_particles):
+  """(estimator, inner steps one of its unrolls advances).
+
+  Examples:
+    >>> import unrolled
+    >>> from studies import benchmark_suites
+    >>> system = unrolled.toy_regression(horizon=40).system
+    >>> [benchmark_suites.make(n, system, 20, 8)[1] for n in ("tbptt", "full_bptt")]
+    [20, 40]
+  """
+  return (metaopt.get_estimator(spec, system, num_steps=num_steps, num_particles=num_particles),
+          metaopt.window_length(spec, system, num_steps))
+
+
+def headline(config):
+  """Every estimator at 26k parameters, H=2, with the compile time of its first unroll."""
+  problem = digits()
+  rows, plain_times = [], []
+  for spec in config.estimators:
+    est, window = make(spec, problem.system, config.num_steps, config.num_particles)
+    compile_s = timing.compile_seconds(est, problem.theta)
+    plain_s, est_s = timing.seconds_per_step(problem.system, problem.theta, est, window=window,
+                                             num_steps=config.num_steps, repeats=config.repeats)
+    plain_times.append(plain_s)
+    rows.append({"estimator": label(spec, config.num_particles), "seconds_per_step": est_s,
+                 "ratio": est_s / plain_s, "compile_seconds": compile_s})
+    print(f"  {rows[-1]['estimator']}: {est_s / plain_s:.2f} (compile {compile_s:.2f} s)",
+          flush=True)
+  rows.insert(0, {"estimator": "plain step", "seconds_per_step": float(np.median(plain_times)),
+                  "ratio": 1.0, "compile_seconds": None})
+  return {"problem": problem.description, "num_params": problem.num_params,
+          "num_hyperparams": 2, "num_steps": config.num_steps, "rows": rows}
+
+
+def breakdown(config):
+  """Where the time goes on the headline problem: pieces of a step, against its primal."""
+  problem = digits()
+  seconds = timing.step_breakdown(problem.system, problem.theta, num_steps=config.num_steps,
+                                  repeats=config.repeats)
+  primal = next(iter(seconds.values()))
+  rows = [{"piece": name, "seconds_per_step": s, "ratio": s / primal}
+          for name, s in seconds.items()]
+  for r in rows:
+    print(f"  {r['piece']}: {r['ratio']:.2f}", flush=True)
+  return {"problem": problem.description, "rows": rows}
+
+
+def _sweep(config, points, build):
+  rows = []
+  for point in points:
+    problem, reps = build(point)
+    for spec in config.sweep_estimators:
+      est, window = make(spec, problem.system, config.num_steps, config.num_particles)
+      plain_s, est_s = timing.seconds_per_step(
+          problem.system, problem.theta, est, window=window, num_steps=config.num_steps,
+          repeats=max(3, config.repeats // reps))
+      rows.append({"point": point, "num_params": problem.num_params,
+                   "estimator": label(spec, config.num_particles),
+                   "plain_seconds_per_step": plain_s, "seconds_per_step": est_s,
+                   "ratio": est_s / plain_s})
+      print(f"  {point} {rows[-1]['estimator']}: {est_s / plain_s:.2f}", flush=True)
+  return rows
+
+
+def params(config):
+  """Ratio against the parameter count P (~5k to ~1M)."""
+  build = lambda wd: (digits(width=wd[0], depth=wd[1]), 1 if wd[0] <= 128 else 3)
+  rows = _sweep(config, PARAMS_SWEEP, build)
+  for r in rows:
+    r["point"] = f"{r['point'][0]}x{r['point'][1]}"
+  return {"x": "num_params", "rows": rows}
+
+
+def hyperparams(config):
+  """Ratio against H = 1, 2, 8, 64 (constant lr; lr + wd; 8 or 64 schedule knots)."""
+  return {"x": "num_hyperparams",
+          "rows": _sweep(config, (1, 2, 8, 64), lambda h: (digits(num_hyperparams=h), 1))}
+
+
+def particles(config):
+  """The particles estimator on the 5k MLP (num_steps=10) against num_particles = 2 ... 256."""
+  problem, name = digits(width=64, depth=1), config.particles_estimator
+  rows = []
+  for n in (2, 8, 32, 128, 256):
+    est = metaopt.get_estimator(name, problem.system, num_steps=10, num_particles=n, sigma=0.01)
+    plain_s, est_s = timing.seconds_per_step(problem.system, problem.theta, est, num_steps=10,
+                                             repeats=max(3, config.repeats // (1 + n // 32)))
+    rows.append({"point": n, "num_params": problem.num_params, "estimator": name,
+                 "plain_seconds_per_step": plain_s, "seconds_per_step": est_s,
+                 "ratio": est_s / plain_s, "ratio_per_particle": est_s / plain_s / n})
+    print(f"  {name}({n}): {est_s / plain_s:.2f}", flush=True)
+  return {"x": "num_particles", "rows": rows}
