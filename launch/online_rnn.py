@@ -23,8 +23,14 @@ import time
 
 from absl import app
 from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-from launch.files import write_atomic
+import metaopt
+import unrolled
+from unrolled import online_rnn
 
 _CELL = flags.DEFINE_enum("cell", "elstm", ["elstm", "rtu_linear", "rtu_nonlinear", "dense_tanh"],
                           "Recurrent cell.")
@@ -37,8 +43,12 @@ _ESTIMATORS = flags.DEFINE_list(
                    "pes[num_steps=5]"],
     "Estimator specs; an estimator's own num_steps=... overrides --num_steps.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 1, "Inner steps per window (weight update).")
-_NUM_PARTICLES = flags.DEFINE_integer("num_particles", 8, "Particles of pes / nres (even).")
-_SIGMA = flags.DEFINE_float("sigma", 0.01, "Perturbation scale of pes / nres.")
+# Which estimators take an option, from the table (for the flags' help).
+_TAKING = {option: ", ".join(name for name, info in metaopt.ESTIMATOR_TABLE.items()
+                             if option in info.takes) for option in ("num_particles", "sigma")}
+_NUM_PARTICLES = flags.DEFINE_integer("num_particles", 8,
+                                      f"Particles (even) of {_TAKING['num_particles']}.")
+_SIGMA = flags.DEFINE_float("sigma", 0.01, f"Perturbation scale (> 0) of {_TAKING['sigma']}.")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 50_000, "Inner (stream) steps per estimator.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 3e-3, "Adam learning rate of the weights.")
 _MAX_GRAD_NORM = flags.DEFINE_float("max_grad_norm", 1.0, "Clip each window's gradient norm.")
@@ -52,9 +62,6 @@ _LOGDIR = flags.DEFINE_string("logdir", None, "Run folder (default runs/online_r
 
 def validate_flags():
   """Every check that needs no compilation; raises app.UsageError naming the flag."""
-  import metaopt  # pylint: disable=g-import-not-at-top
-  import unrolled  # pylint: disable=g-import-not-at-top
-  from unrolled import online_rnn  # pylint: disable=g-import-not-at-top
   for flag in (_HIDDEN_SIZE, _NUM_STEPS, _TRAIN_STEPS, _EVAL_EVERY, _EVAL_STEPS):
     if flag.value < 1:
       raise app.UsageError(f"--{flag.name} must be >= 1, got {flag.value}")
@@ -76,29 +83,27 @@ def validate_flags():
   except ValueError as e:
     raise app.UsageError(f"--task_option / --cell: {e}") from None
   windows = {}
+  online = [name for name, info in metaopt.ESTIMATOR_TABLE.items() if not info.whole_horizon]
   for spec in _ESTIMATORS.value:
     try:
-      name, options = metaopt.parse_spec(spec)
+      info = metaopt.estimator_info(spec)
     except ValueError as e:
       raise app.UsageError(f"--estimators: {e}") from None
-    if name not in metaopt.ESTIMATORS or name == "full_bptt":
+    if info.whole_horizon:  # one update per (endless) horizon: never an online update
       raise app.UsageError(f"--estimators: {spec!r} is not an online estimator; choose from "
-                           f"{[e for e in metaopt.ESTIMATORS if e != 'full_bptt']}")
-    if name == "rtrl_elementwise" and _CELL.value == "dense_tanh":
-      raise app.UsageError("--estimators: rtrl_elementwise needs an element-wise cell "
-                           "(elstm, rtu_linear, rtu_nonlinear), not dense_tanh")
-    window = options.get("num_steps", _NUM_STEPS.value)
+                           f"{online}")
+    window = metaopt.window_length(spec, problem.system, _NUM_STEPS.value)
     if not isinstance(window, int) or window < 1 or _EVAL_EVERY.value % window:
       raise app.UsageError(f"--estimators: {spec!r}: num_steps={window!r} must be a positive "
                            f"int dividing --eval_every={_EVAL_EVERY.value}")
-    if problem.system.horizon % window:
-      raise app.UsageError(f"--estimators: {spec!r}: num_steps={window} must divide the "
-                           f"stream's horizon {problem.system.horizon}")
     try:  # builds the estimator (cheap, no compute): its own options are checked here
       metaopt.get_estimator(spec, problem.system, num_steps=_NUM_STEPS.value,
                             num_particles=_NUM_PARTICLES.value, sigma=_SIGMA.value)
     except ValueError as e:
-      raise app.UsageError(f"--estimators: {e}") from None
+      # A structured estimator refuses a dense cell's system: name the flag that picks the cell.
+      hint = (f" (--cell={_CELL.value} is not an element-wise cell)"
+              if "ElementwiseSystem" in str(e) else "")
+      raise app.UsageError(f"--estimators: {spec!r}: {e}{hint}") from None
     windows[spec] = window
   if _TRAIN_STEPS.value % _EVAL_EVERY.value:
     raise app.UsageError(f"--train_steps={_TRAIN_STEPS.value} must be a multiple of "
@@ -122,45 +127,31 @@ def safe_name(spec):
 
 def train(problem, spec, window, writer):
   """Online training with one estimator; returns its record for the summary."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  import metaopt  # pylint: disable=g-import-not-at-top
-
   est = metaopt.get_estimator(spec, problem.system, num_steps=_NUM_STEPS.value,
                               num_particles=_NUM_PARTICLES.value, sigma=_SIGMA.value)
-  opt = optax.chain(optax.clip_by_global_norm(_MAX_GRAD_NORM.value),
-                    optax.adam(_LEARNING_RATE.value))
+  # Each outer step of the tuner is one window: clip_by_global_norm, then Adam, on the weights.
+  t = metaopt.tuner(est, optax.adam(_LEARNING_RATE.value), max_grad_norm=_MAX_GRAD_NORM.value)
   windows_per_chunk = _EVAL_EVERY.value // window
-  key = jax.random.key(_SEED.value)
-  k_init, k_train, k_eval = jax.random.split(key, 3)
+  k_train, k_eval = jax.random.split(jax.random.key(_SEED.value))
 
   @jax.jit
-  def chunk(carry, keys):
-    def body(carry, k):
-      est_state, theta, opt_state = carry
-      est_state, grad, metrics = est.unroll(est_state, theta, k)
-      updates, opt_state = opt.update(grad, opt_state, theta)
-      return (est_state, optax.apply_updates(theta, updates), opt_state), metrics["loss"]
-    carry, losses = jax.lax.scan(body, carry, keys)
-    return carry, jnp.sum(losses)
+  def chunk(state):
+    state, infos = t.run(state, windows_per_chunk)
+    return state, jnp.sum(infos["loss"])  # XLA drops the unread per-window infos (grads, theta)
 
   evaluate = jax.jit(problem.evaluate)
-  theta = problem.theta
-  carry = (est.init(k_init, theta), theta, opt.init(theta))
+  state = t.init(k_train, problem.theta)
   record = {"estimator": spec, "num_steps": window, "curve": []}
   times, reached = [], None
   num_chunks = _TRAIN_STEPS.value // _EVAL_EVERY.value
   for c in range(num_chunks):
-    keys = jax.random.split(jax.random.fold_in(k_train, c), windows_per_chunk)
     start = time.perf_counter()
-    carry, loss = chunk(carry, keys)
+    state, loss = chunk(state)
     loss = float(loss)
     if c:  # the first call compiles
       times.append(time.perf_counter() - start)
     step = (c + 1) * _EVAL_EVERY.value
-    ev = {k: float(v) for k, v in jax.device_get(evaluate(carry[1], k_eval)).items()}
+    ev = {k: float(v) for k, v in jax.device_get(evaluate(state.theta, k_eval)).items()}
     writer.scalar("online/loss_per_step", loss / _EVAL_EVERY.value, step)
     writer.scalar("eval/accuracy", ev["accuracy"], step)
     writer.scalar("eval/loss", ev["loss"], step)
@@ -178,8 +169,6 @@ def train(problem, spec, window, writer):
 
 def forward_seconds_per_step(problem):
   """The plain forward step (stream, cell, readout loss), jit-compiled scan, median of 5."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   system = problem.system
 
   @jax.jit
@@ -213,12 +202,10 @@ def markdown(records, forward, problem):
   return "\n".join(lines) + "\n"
 
 
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   problem, windows, logdir = validate_flags()
-  import metaopt  # pylint: disable=g-import-not-at-top
   print(problem.description)
   forward = forward_seconds_per_step(problem)
   records = []
@@ -235,9 +222,9 @@ def main(argv):
              "task_options": _TASK_OPTION.value, "train_steps": _TRAIN_STEPS.value,
              "learning_rate": _LEARNING_RATE.value, "seed": _SEED.value,
              "forward_seconds_per_step": forward, "estimators": records}
-  write_atomic(os.path.join(logdir, "summary.json"), json.dumps(summary, indent=1))
+  metaopt.write_atomic(os.path.join(logdir, "summary.json"), json.dumps(summary, indent=1))
   table = markdown(records, forward, problem)
-  write_atomic(os.path.join(logdir, "summary.md"), table)
+  metaopt.write_atomic(os.path.join(logdir, "summary.md"), table)
   print("\n" + table + f"written to {logdir}/summary.json and summary.md")
 
 

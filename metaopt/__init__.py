@@ -6,11 +6,10 @@ estimates d(sum of losses)/d theta window by window).
 """
 
 from metaopt._src import checkpoint
+from metaopt._src import timing
 from metaopt._src.base import Estimator
 from metaopt._src.base import full_unroll
-from metaopt._src.base import split_window_key
 from metaopt._src.base import UnrolledSystem
-from metaopt._src.base import WindowKeys
 from metaopt._src.elementwise import cell_outputs
 from metaopt._src.elementwise import elementwise_system
 from metaopt._src.elementwise import ElementwiseCell
@@ -24,6 +23,14 @@ from metaopt._src.pes import pes
 from metaopt._src.pes import PESState
 from metaopt._src.reinforce import reinforce
 from metaopt._src.reinforce import ReinforceState
+from metaopt._src.horizon import evaluate_horizon
+from metaopt._src.horizon import exact_grad
+from metaopt._src.horizon import sum_window_grads
+from metaopt._src.horizon import window_keys
+from metaopt._src.registry import ESTIMATOR_TABLE
+from metaopt._src.registry import estimator_info
+from metaopt._src.registry import estimator_options
+from metaopt._src.registry import EstimatorInfo
 from metaopt._src.registry import ESTIMATORS
 from metaopt._src.registry import copies_per_step
 from metaopt._src.registry import parse_spec
@@ -39,29 +46,45 @@ from metaopt._src.tbptt import TBPTTState
 from metaopt._src.truncated_es import truncated_es
 from metaopt._src.truncated_es import TruncatedESState
 from metaopt._src.sharding import shard_leading
+from metaopt._src.files import write_atomic
+from metaopt._src.summary import coordinate_names
+from metaopt._src.summary import log_hyperparameters
+from metaopt._src.summary import log_tuner_info
 from metaopt._src.summary import SummaryWriter
 from metaopt._src.tuner import Tuner
 from metaopt._src.tuner import tuner
 from metaopt._src.tuner import TunerState
 from metaopt._src.uoro import uoro
 from metaopt._src.uoro import UOROState
+from metaopt._src.window import split_window_key
+from metaopt._src.window import WindowKeys
+from metaopt._src.window import windowed
 
 __version__ = "0.1.0"
 
 __all__ = (
     "cell_outputs",
     "checkpoint",
+    "coordinate_names",
     "copies_per_step",
     "ElementwiseCell",
     "elementwise_system",
     "ElementwiseSystem",
     "Estimator",
+    "ESTIMATOR_TABLE",
+    "estimator_info",
+    "estimator_options",
+    "EstimatorInfo",
     "ESTIMATORS",
+    "evaluate_horizon",
+    "exact_grad",
     "full_bptt",
     "forward_gradient",
     "ForwardGradientState",
     "full_unroll",
     "get_estimator",
+    "log_hyperparameters",
+    "log_tuner_info",
     "nres",
     "NRESState",
     "parse_spec",
@@ -76,9 +99,11 @@ __all__ = (
     "RTRLState",
     "shard_leading",
     "split_window_key",
+    "sum_window_grads",
     "SummaryWriter",
     "tbptt",
     "TBPTTState",
+    "timing",
     "truncated_es",
     "TruncatedESState",
     "Tuner",
@@ -87,6 +112,9 @@ __all__ = (
     "UnrolledSystem",
     "uoro",
     "UOROState",
+    "window_keys",
+    "windowed",
     "window_length",
     "WindowKeys",
+    "write_atomic",
 )

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from typing import Any
 
 import jax
 import numpy as np
 
+from metaopt._src import files
+
 
 def save(path: str, tree: Any) -> None:
-  """Saves the leaves of ``tree`` to ``path`` (.npz); a crash leaves the old file intact."""
+  """Saves the leaves of ``tree`` to ``path`` (.npz) with :func:`~metaopt.write_atomic`.
+
+  A crash leaves the old file intact, and a symbolic link at ``path`` is refused.
+  """
   leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, *leaves)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  buffer = io.BytesIO()  # serialised in memory: write_atomic then writes and renames it whole
+  np.savez(buffer, *leaves)
+  files.write_atomic(path, buffer.getvalue())
 
 
 def restore(path: str, template: Any) -> Any:

@@ -1,11 +1,14 @@
-"""TensorBoard event files written with the tensorboard package alone (TensorFlow is never imported)."""
+"""TensorBoard event files written with the tensorboard package alone (TensorFlow is never
+imported), and what the tuner and the inner problems log to them."""
 
 from __future__ import annotations
 
 import io
+import math
 import time
 from typing import Mapping
 
+import jax
 import numpy as np
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
@@ -102,3 +105,124 @@ class SummaryWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def coordinate_names(theta) -> list[str]:
+  """One TensorBoard name per scalar coordinate of ``theta``, in ``ravel_pytree`` order.
+
+  A leaf's name is its path with ``/`` between keys (``"theta"`` for a bare
+  array); a leaf of more than one element gets ``/<i>`` per element.
+
+  Examples:
+    >>> import jax.numpy as jnp, metaopt
+    >>> metaopt.coordinate_names({"lr": jnp.float32(0.1), "wd": jnp.zeros(2)})
+    ['lr', 'wd/0', 'wd/1']
+    >>> metaopt.coordinate_names(jnp.float32(0.5))
+    ['theta']
+  """
+  names = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(theta):
+    base = jax.tree_util.keystr(path).strip("[]'\"").replace("']['", "/") or "theta"
+    size = int(np.size(leaf))
+    names.extend([base] if size == 1 else [f"{base}/{i}" for i in range(size)])
+  return names
+
+
+# Info entries that log_tuner_info writes under their own tags; the rest are estimator metrics.
+_TUNER_KEYS = ("loss", "grad", "chain_grads", "chain_variance", "finite", "num_skipped", "step",
+               "theta", "grad_ema_mean", "grad_ema_var")
+
+
+def log_tuner_info(writer: SummaryWriter, info: Mapping[str, object], step: int, *,
+                   names: list[str], window: int) -> None:
+  """Logs one outer step's ``info`` from :func:`~metaopt.tuner` (not stacked over steps).
+
+  Tags: ``loss/window_sum`` and ``loss/per_inner_step`` (divided by
+  ``window``), ``tuner/finite``, ``tuner/num_skipped``, ``estimator/<metric>``
+  for every other metric, and per coordinate ``<name>`` of ``names``:
+  ``hypergrad/<name>``, ``hypergrad_time/{mean,variance,snr}/<name>`` (moving
+  averages over time) and, with more than one chain,
+  ``hypergrad_chains/{variance,snr}/<name>`` (across chains; the SNR is that of
+  their mean) and the histogram ``hypergrad_chains/samples/<name>``.
+
+  Args:
+    writer: where to write.
+    info: one step of the tuner's ``info``.
+    step: the outer step it belongs to.
+    names: one name per coordinate of the flat hypergradient
+      (:func:`coordinate_names` of theta).
+    window: inner steps per window, for the per-step loss.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, tempfile, metaopt
+    >>> system = metaopt.UnrolledSystem(
+    ...     init=lambda key, th: jnp.ones(2),
+    ...     step=lambda s, th, key: (0.5 * s + th, jnp.sum((s - 1.0) ** 2)), horizon=4)
+    >>> t = metaopt.tuner(metaopt.rtrl(system, num_steps=2), optax.sgd(0.01))
+    >>> state, info = jax.jit(t.update)(t.init(jax.random.key(0), jnp.float32(0.0)))
+    >>> with metaopt.SummaryWriter(tempfile.mkdtemp()) as writer:
+    ...   metaopt.log_tuner_info(writer, jax.device_get(info), 1, names=["theta"], window=2)
+  """
+  writer.scalar("loss/window_sum", info["loss"], step)
+  writer.scalar("loss/per_inner_step", np.asarray(info["loss"]) / window, step)
+  writer.scalar("tuner/finite", float(info["finite"]), step)
+  writer.scalar("tuner/num_skipped", info["num_skipped"], step)
+  for k, v in info.items():
+    if k not in _TUNER_KEYS:
+      writer.scalar(f"estimator/{k}", v, step)
+  grad, chains = np.asarray(info["grad"]), np.asarray(info["chain_grads"])
+  ema_mean, ema_var = np.asarray(info["grad_ema_mean"]), np.asarray(info["grad_ema_var"])
+  chain_var = np.asarray(info["chain_variance"])
+  for i, name in enumerate(names):
+    writer.scalar(f"hypergrad/{name}", grad[i], step)
+    writer.scalar(f"hypergrad_time/mean/{name}", ema_mean[i], step)
+    writer.scalar(f"hypergrad_time/variance/{name}", ema_var[i], step)
+    writer.scalar(f"hypergrad_time/snr/{name}", abs(ema_mean[i]) / math.sqrt(ema_var[i] + 1e-30),
+                  step)
+    if chains.shape[0] > 1:
+      writer.scalar(f"hypergrad_chains/variance/{name}", chain_var[i], step)
+      writer.scalar(f"hypergrad_chains/snr/{name}",
+                    abs(grad[i]) / math.sqrt(chain_var[i] / chains.shape[0] + 1e-30), step)
+      writer.histogram(f"hypergrad_chains/samples/{name}", chains[:, i], step)
+
+
+def log_hyperparameters(writer: SummaryWriter, values: Mapping[str, object], step: int, *,
+                        image: bool = False) -> None:
+  """Logs hyperparameters in natural units: the dict an inner problem's ``hyperparameters`` returns.
+
+  A scalar ``<name>`` goes to ``hyperparameters/<name>``, an array to
+  ``hyperparameters/<name>/<i>``. A schedule comes as ``<name>_curve`` (its
+  value at every inner step), optionally with ``<name>_knots`` (the inner steps
+  of its knots): the curve stands for an array ``<name>``, its values at the
+  knots go to ``schedule/knot_<k>`` (``schedule/<name>/knot_<k>`` when there
+  are several schedules) and, if ``image``, the curve to the image
+  ``schedule/<name>`` (log scale).
+
+  Examples:
+    >>> import numpy as np, tempfile, metaopt
+    >>> values = {"weight_decay": 1e-4, "learning_rate_curve": np.geomspace(0.1, 0.01, 20),
+    ...           "learning_rate_knots": np.array([0.0, 19.0])}
+    >>> with metaopt.SummaryWriter(tempfile.mkdtemp()) as writer:
+    ...   metaopt.log_hyperparameters(writer, values, 1)
+  """
+  schedules = [k[:-len("_curve")] for k in values if k.endswith("_curve")]
+  extras = {f"{s}_curve" for s in schedules} | {f"{s}_knots" for s in schedules}
+  for name, value in values.items():
+    value = np.asarray(value)
+    if name in extras or (value.ndim and name in schedules):
+      continue  # a schedule: its curve and knots below
+    if value.ndim == 0:
+      writer.scalar(f"hyperparameters/{name}", value, step)
+    else:
+      for i, v in enumerate(value.reshape(-1)):
+        writer.scalar(f"hyperparameters/{name}/{i}", v, step)
+  for name in schedules:
+    curve, knots = np.asarray(values[f"{name}_curve"]), values.get(f"{name}_knots")
+    prefix = "schedule/" if len(schedules) == 1 else f"schedule/{name}/"
+    if knots is not None:  # log-linear between inner steps, as the schedules interpolate
+      knot_values = np.exp(np.interp(np.asarray(knots), np.arange(curve.shape[-1]), np.log(curve)))
+      for k, v in enumerate(knot_values.reshape(-1)):
+        writer.scalar(f"{prefix}knot_{k}", v, step)
+    if image:
+      writer.curve(f"schedule/{name}", np.arange(curve.shape[-1]), curve, step,
+                   xlabel="inner step", ylabel=name.replace("_", " "), log_y=True)
