@@ -95,10 +95,12 @@ def check(config: Config, suites: list[str]) -> None:
                      f"{config.particles_estimator!r}")
   if config.repeats < 1:
     raise ValueError(f"repeats must be >= 1, got {config.repeats}")
-  if config.num_steps < 1 or 200 % config.num_steps:
-    raise ValueError(f"num_steps must divide the headline horizon 200, got {config.num_steps}")
-  if config.num_particles < 2 or config.num_particles % 2:
-    raise ValueError(f"num_particles must be even and >= 2, got {config.num_particles}")
+  # Building the headline estimators checks num_steps and num_particles as they will run.
+  system = benchmark_suites.digits().system
+  for spec in (*config.estimators, *config.sweep_estimators, *config.memory_estimators,
+               config.particles_estimator):
+    metaopt.get_estimator(spec, system, num_steps=config.num_steps,
+                          num_particles=config.num_particles)
   window = benchmark_online.MEMORY_WINDOW
   if not config.memory_horizons or any(t < window or t % window
                                        for t in config.memory_horizons):

@@ -55,7 +55,7 @@ CONFIG = benchmarks.Config(
 @pytest.mark.parametrize("change,message", [
     ({"particles_estimator": "uoro"}, "takes num_particles"),
     ({"estimators": ("tbptt", "bptt")}, "unknown estimator 'bptt'"),
-    ({"num_steps": 30}, "divide the headline horizon"),
+    ({"num_steps": 30}, "must divide the system.s horizon=200"),
     ({"num_particles": 3}, "even"),
     ({"memory_horizons": (20, 30)}, "multiples of 20"),
     ({"repeats": 0}, "repeats"),
