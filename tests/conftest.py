@@ -9,7 +9,15 @@ import socket
 import subprocess
 import tempfile
 
+import chex
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _fresh_trace_counters():
+  """chex.assert_max_traces counts per function source and call site, which a parametrized test
+  shares between its cases: start every test from zero."""
+  chex.clear_trace_counter()
 
 
 def _postgres_bin(name):

@@ -1,9 +1,11 @@
-"""Runs the vmapped parts of metaopt on however many devices JAX sees; prints JSON.
+"""Runs the vmapped parts of metaopt on N host CPU devices; prints JSON.
 
-tests/test_sharding.py runs it with 1 and with 4 (forced host) devices and compares.
+Usage: python tests/multi_device_check.py N. tests/test_sharding.py runs it with
+N = 1 and N = 4 and compares.
 """
 
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +53,8 @@ def main():
   out["tuner_devices"] = num_devices(tstate.estimator_state.s_tilde)
 
   # pes inside a tuner with 4 chains: the chains are spread, the particles are not (one layout).
-  t = metaopt.tuner(pes, optax.sgd(0.01), num_chains=4)
+  t = metaopt.tuner(metaopt.pes(system, num_steps=2, num_particles=8, sigma=0.1,
+                                spread_copies=False), optax.sgd(0.01), num_chains=4)
   tstate = t.init(jax.random.key(7), theta)
   update = jax.jit(t.update)
   tstate, info = update(tstate)
@@ -77,4 +80,7 @@ def main():
 
 
 if __name__ == "__main__":
+  # JAX fixes its CPU device count when its backend starts (at the first JAX operation, which
+  # the imports above do not make), so this must come first.
+  jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
   main()

@@ -4,11 +4,17 @@ Each function returns (system, theta). Between them they cover: an ``init``
 that depends on theta, nonlinear state dynamics, random steps (the step key
 matters), a loss with a direct theta term, integer state leaves (an optax
 step count), and a long memory.
+
+It also holds the helpers several test files share (this is a helper module,
+not a test file, so tests import from it and never from each other).
 """
 
+import chex
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import optax
+import pytest
 
 import metaopt
 
@@ -110,17 +116,62 @@ SYSTEMS = {
 }
 
 
-def unroll_counting_traces(est, theta, num_calls=3):
-  """Calls a jitted ``est.unroll`` with a new theta each time; returns (trace count, state, jitted unroll)."""
-  traces = []
+def flat(tree):
+  """All leaves of ``tree`` in one 1-D array (jit- and vmap-able)."""
+  return jax.flatten_util.ravel_pytree(tree)[0]
 
-  def counted(state, theta, key):
-    traces.append(None)
+
+def jit_unroll_without_retracing(est, theta, num_calls=3):
+  """Calls a jitted ``est.unroll`` with a new theta each time; fails if it is traced twice.
+
+  ``chex.assert_max_traces`` raises an AssertionError on the second trace (the
+  counter is cleared before each test by an autouse fixture in conftest.py).
+
+  Returns:
+    (state, theta, unroll): the state and theta of the last call, and the
+    jitted, still checked, unroll.
+  """
+  # A plain function to wrap: chex refuses an already transformed one.
+  @chex.assert_max_traces(n=1)
+  def unroll(state, theta, key):
     return est.unroll(state, theta, key)
 
-  unroll = jax.jit(counted)
+  unroll = jax.jit(unroll)
   state = est.init(jax.random.key(0), theta)
   for i in range(num_calls):
     theta = jax.tree.map(lambda x: x + 0.01, theta)
     state, _, _ = unroll(state, theta, jax.random.key(i))
-  return len(traces), state, theta, unroll
+  return state, theta, unroll
+
+
+def sample_estimates(est, system, theta, num_samples, num_steps, seed):
+  """Independent one-horizon estimates and each one's exact gradient on the same keys.
+
+  Sample ``i`` is ``metaopt.sum_window_grads`` of a fresh estimator state over
+  one horizon and ``metaopt.exact_grad`` on the same key (same initial state,
+  same minibatches), vmapped over ``num_samples`` keys.
+
+  Returns:
+    (estimates, exacts): two ``(num_samples, dim)`` arrays of flattened grads.
+  """
+  num_windows = system.horizon // num_steps
+
+  def one(key):
+    total = metaopt.sum_window_grads(est, theta, key, num_windows=num_windows)
+    exact = metaopt.exact_grad(system, theta, key, num_steps=num_steps, num_windows=num_windows)
+    return flat(total), flat(exact)
+
+  keys = jax.random.split(jax.random.key(seed), num_samples)
+  return jax.jit(jax.vmap(one))(keys)
+
+
+def slow_unless(values, fast):
+  """``values`` as pytest parameters, those not in ``fast`` marked slow.
+
+  For a test matrix whose whole run is slow: ``-m "not slow"`` runs the
+  representative slice ``fast``, the plain run all of it. A tuple value is one
+  case of a multi-name parametrize.
+  """
+  return [v if v in fast else pytest.param(*(v if isinstance(v, tuple) else (v,)),
+                                          marks=pytest.mark.slow)
+          for v in values]

@@ -32,6 +32,7 @@ def test_gradient_under_jit_matches_finite_differences(name):
     h = 1e-6
     fd = [(total((flat.at[i].add(h)).reshape(params.shape))
            - total((flat.at[i].add(-h)).reshape(params.shape))) / (2 * h) for i in range(flat.size)]
+    assert np.all(np.isfinite(fd)), fd  # assert_allclose takes NaN for equal to NaN
     np.testing.assert_allclose(np.ravel(grad), fd, rtol=1e-6, atol=1e-7)
 
 

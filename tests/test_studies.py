@@ -27,6 +27,7 @@ def study_cmd(*args):
   return [sys.executable, "-m", "launch.study", *args]
 
 
+@pytest.mark.slow
 def test_bias_variance_numbers_on_the_toy_regression(tmp_path):
   ctx = bias_variance.Context("toy_regression", {}, ("rtrl",), (10,), (8,), (0.01, 0.01), (1,),
                               64, 0, "full_bptt", str(tmp_path))
@@ -52,6 +53,7 @@ def test_bias_variance_numbers_on_the_toy_regression(tmp_path):
   assert len(os.listdir(tmp_path / "exact_cache")) == 4
 
 
+@pytest.mark.slow
 def test_paired_exact_gradients_follow_the_window_keys(tmp_path):
   """On a problem with random minibatches an exact estimator has zero paired variance, whatever
   its window length: its exact reference uses the same step keys."""
@@ -73,6 +75,7 @@ def load(url, name):
   return optuna.load_study(study_name=name, storage=storage_lib.make_storage(url))
 
 
+@pytest.mark.slow
 def test_two_sqlite_workers_share_one_study_and_a_rerun_continues_it(tmp_path):
   out_dir = str(tmp_path / "study")
   url = storage_lib.default_storage_url(out_dir)
@@ -98,6 +101,7 @@ def test_two_sqlite_workers_share_one_study_and_a_rerun_continues_it(tmp_path):
   assert sorted(t.number for t in load(url, "s").trials) == list(range(8))
 
 
+@pytest.mark.slow
 def test_postgresql_worker_killed_mid_trial_is_failed_and_retried(postgres_url, tmp_path):
   # A trial that lasts several seconds (digits MLP, exact gradients of 512 samples), so that the
   # worker can be killed in the middle of it.
@@ -142,6 +146,7 @@ def test_postgresql_worker_killed_mid_trial_is_failed_and_retried(postgres_url, 
   assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem_name, options", [
     ("toy_regression", {"horizon": 20}),
     ("digits_mlp", {"width": 8, "depth": 1, "horizon": 20, "schedule": "piecewise_linear",

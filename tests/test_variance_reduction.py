@@ -7,18 +7,18 @@ import pytest
 
 import metaopt
 import systems
-from test_estimators import _sample_estimates
 
 
 def spread(make, system_name="tanh_rnn", num_steps=2, samples=2000, seed=5):
   """(mean error, its standard error, total variance) of an estimator against the exact gradient."""
   system, theta = systems.SYSTEMS[system_name]()
-  estimates, exacts = _sample_estimates(make(system, num_steps), system, theta, samples,
-                                        num_steps, seed)
+  estimates, exacts = systems.sample_estimates(make(system, num_steps), system, theta, samples,
+                                               num_steps, seed)
   d = np.asarray(estimates - exacts, np.float64)
   return d.mean(0), d.std(0, ddof=1) / np.sqrt(len(d)), float(np.sum(d.var(0, ddof=1)))
 
 
+@pytest.mark.slow
 def test_rank_k_uoro_divides_the_variance_by_k():
   _, _, v1 = spread(lambda s, n: metaopt.uoro(s, num_steps=n))
   _, _, v4 = spread(lambda s, n: metaopt.uoro(s, num_steps=n, rank=4))
@@ -26,6 +26,7 @@ def test_rank_k_uoro_divides_the_variance_by_k():
   assert 0.15 < v4 / v1 < 0.4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("system_name", ["linear_init_dependent", "tanh_rnn"])
 def test_reinforce_on_state_noise_tends_to_uoro_as_sigma_shrinks(system_name):
   """C&M: REINFORCE with a noise-free baseline -> UORO with fixed rhos and Gaussian noise."""
@@ -44,6 +45,7 @@ def test_reinforce_on_state_noise_tends_to_uoro_as_sigma_shrinks(system_name):
   assert v_no_baseline > 10 * v_uoro
 
 
+@pytest.mark.slow
 def test_nres_variance_does_not_grow_with_the_number_of_windows_but_pes_does():
   horizon = systems.tanh_rnn()[0].horizon
   v = {}
@@ -56,11 +58,12 @@ def test_nres_variance_does_not_grow_with_the_number_of_windows_but_pes_does():
   assert v["pes", 1] > 2 * v["pes", horizon]
 
 
+@pytest.mark.slow
 def test_forward_gradient_variance_grows_with_the_number_of_hyperparameters():
   """|grad|^2 (H + 1) for Gaussian directions: tanh_rnn has H = 5."""
   system, theta = systems.tanh_rnn()
-  estimates, exacts = _sample_estimates(metaopt.forward_gradient(system, num_steps=2), system,
-                                        theta, 4000, 2, seed=1)
+  estimates, exacts = systems.sample_estimates(metaopt.forward_gradient(system, num_steps=2),
+                                               system, theta, 4000, 2, seed=1)
   d = np.asarray(estimates - exacts, np.float64)
   g2 = float(np.mean(np.sum(np.asarray(exacts, np.float64) ** 2, axis=1)))
   variance = float(np.sum(d.var(0)))
