@@ -71,6 +71,20 @@ def test_paired_exact_gradients_follow_the_window_keys(tmp_path):
     assert r["total_variance"] > 0  # the minibatches do differ between samples
 
 
+def test_a_spec_with_its_own_window_is_measured_over_that_window(tmp_path):
+  """``rtrl[num_steps=5]`` with a trial's num_steps=10: the study must unroll 5-step windows over
+  the whole horizon and pair it with the 5-step keys' exact gradient (exact RTRL: bias ~0)."""
+  ctx = bias_variance.Context("toy_regression", {"horizon": 20}, ("rtrl[num_steps=5]",), (10,),
+                              (8,), (0.01, 0.01), (1,), 8, 0, "full_bptt", str(tmp_path))
+  problem = bias_variance.make_problem(ctx)
+  r = bias_variance.measure(problem, "rtrl[num_steps=5]", num_steps=10, num_particles=2,
+                            sigma=0.01, num_chains=1, num_samples=8, seed=0,
+                            exact_mean_fn=lambda c, w: bias_variance.cached_exact(ctx, problem,
+                                                                                  c, w))
+  assert r["exact_norm2"] > 0 and r["relative_bias2"] < 1e-8, r["relative_bias2"]
+  assert os.listdir(tmp_path / "exact_cache")[0].endswith("-window5-chain0.npy")
+
+
 def load(url, name):
   return optuna.load_study(study_name=name, storage=storage_lib.make_storage(url))
 

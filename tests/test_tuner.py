@@ -104,6 +104,22 @@ def test_an_update_that_would_overflow_theta_is_skipped():
   assert np.all(np.isfinite(infos["theta"])) and int(state.num_skipped) == 3
 
 
+def test_a_step_that_poisons_the_meta_optimizer_state_is_skipped_and_counted():
+  """|g| ~ 1e28 is finite but g^2 overflows float32: Adam's second moment would become inf and
+  freeze theta for good. That step must be skipped like a non-finite gradient."""
+  def unroll(count, theta, key):
+    grad = jnp.where(count == 0, 1e28, 1.0) * jnp.ones_like(theta)
+    return count + 1, grad, {"loss": jnp.zeros((), jnp.float32)}
+
+  stub = metaopt.Estimator(init=lambda key, theta: jnp.zeros((), jnp.int32), unroll=unroll)
+  t = metaopt.tuner(stub, optax.adam(0.1))
+  state, infos = jax.jit(t.run, static_argnums=1)(t.init(jax.random.key(0), jnp.float32(1.0)), 5)
+  assert int(state.num_skipped) == 1
+  np.testing.assert_array_equal(np.asarray(infos["finite"]), [False, True, True, True, True])
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.outer_state))
+  np.testing.assert_allclose(float(state.theta), 1.0 - 4 * 0.1, rtol=1e-3)  # 4 Adam steps of lr
+
+
 def test_running_variance_of_a_constant_hypergradient_is_zero():
   system = metaopt.UnrolledSystem(init=lambda k, th: jnp.zeros(()),
                                   step=lambda s, th, k: (s, th), horizon=4)

@@ -54,8 +54,9 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
   estimator states, vmapped, each with its own keys), averages their
   hypergradients and applies one meta-optimiser step to theta. Horizon resets
   happen inside the estimator. If any chain's hypergradient or loss is not
-  finite, or the step would make theta non-finite, theta and the
-  meta-optimiser state are left unchanged, the step is counted in
+  finite, or the step would make theta or the meta-optimiser's state
+  non-finite (a huge but finite hypergradient squared in Adam's second
+  moment), theta and the meta-optimiser state are left unchanged, the step is counted in
   ``num_skipped``, and the chains that failed restart from a fresh horizon
   (their inner state may have diverged). The same key gives the same
   theta trajectory.
@@ -136,8 +137,11 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     updates, outer_state = meta_optimizer.update(unravel(safe_grad), state.outer_state,
                                                  state.theta)
     theta = optax.apply_updates(state.theta, updates)
-    # A finite hypergradient can still overflow theta (a huge step): that counts as non-finite too.
-    finite = finite & jnp.all(jnp.isfinite(base.ravel(theta)[0]))
+    # A finite hypergradient can still overflow theta (a huge step) or the meta-optimiser's state
+    # (|g| ~ 1e28 squares to inf in Adam's second moment, which would freeze theta for good):
+    # either counts as non-finite too.
+    finite = (finite & jnp.all(jnp.isfinite(base.ravel(theta)[0]))
+              & _all_finite(outer_state))
     safe_grad = jnp.where(finite, grad, 0.0)
     theta = base.select_tree(finite, theta, state.theta)
     outer_state = base.select_tree(finite, outer_state, state.outer_state)
@@ -170,6 +174,12 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     return jax.lax.scan(lambda s, _: update(s), state, None, length=num_updates)
 
   return Tuner(init, update, run)
+
+
+def _all_finite(tree) -> jax.Array:
+  """Whether every floating-point leaf of ``tree`` is finite (integer leaves always are)."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if base.is_float(x)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 
 
 def _reset_failed(chain_ok, est_state, fresh):
