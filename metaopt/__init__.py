@@ -47,6 +47,9 @@ from metaopt._src.truncated_es import truncated_es
 from metaopt._src.truncated_es import TruncatedESState
 from metaopt._src.sharding import shard_leading
 from metaopt._src.files import write_atomic
+from metaopt._src.memory import available_bytes
+from metaopt._src.memory import check_memory
+from metaopt._src.memory import state_bytes
 from metaopt._src.summary import coordinate_names
 from metaopt._src.summary import log_hyperparameters
 from metaopt._src.summary import log_tuner_info
@@ -63,7 +66,9 @@ from metaopt._src.window import windowed
 __version__ = "0.1.0"
 
 __all__ = (
+    "available_bytes",
     "cell_outputs",
+    "check_memory",
     "checkpoint",
     "coordinate_names",
     "copies_per_step",
@@ -99,6 +104,7 @@ __all__ = (
     "RTRLState",
     "shard_leading",
     "split_window_key",
+    "state_bytes",
     "sum_window_grads",
     "SummaryWriter",
     "tbptt",
