@@ -46,6 +46,12 @@ from metaopt._src.tbptt import TBPTTState
 from metaopt._src.truncated_es import truncated_es
 from metaopt._src.truncated_es import TruncatedESState
 from metaopt._src.sharding import shard_leading
+from metaopt._src.files import FolderLock
+from metaopt._src.files import FolderLockedError
+from metaopt._src.files import lock_folder
+from metaopt._src.files import make_folder
+from metaopt._src.files import refuse_links
+from metaopt._src.files import remove_stale_temporaries
 from metaopt._src.files import write_atomic
 from metaopt._src.memory import available_bytes
 from metaopt._src.memory import check_memory
@@ -76,6 +82,8 @@ __all__ = (
     "elementwise_system",
     "ElementwiseSystem",
     "Estimator",
+    "FolderLock",
+    "FolderLockedError",
     "ESTIMATOR_TABLE",
     "estimator_info",
     "estimator_options",
@@ -88,15 +96,19 @@ __all__ = (
     "ForwardGradientState",
     "full_unroll",
     "get_estimator",
+    "lock_folder",
     "log_hyperparameters",
     "log_tuner_info",
+    "make_folder",
     "nres",
     "NRESState",
     "parse_spec",
     "pes",
     "PESState",
     "RecurrentState",
+    "refuse_links",
     "reinforce",
+    "remove_stale_temporaries",
     "ReinforceState",
     "rtrl",
     "rtrl_elementwise",

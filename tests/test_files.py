@@ -3,6 +3,8 @@ written, no temporary file left behind."""
 
 import errno
 import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -116,3 +118,78 @@ def test_checkpoint_save_is_atomic_and_refuses_a_link(tmp_path, monkeypatch):
   with pytest.raises(OSError, match="symbolic link"):
     metaopt.checkpoint.save(str(link), tree)
   assert path.read_bytes() == before
+
+
+def test_a_locked_folder_is_refused_until_its_holder_ends(tmp_path):
+  lock = metaopt.lock_folder(tmp_path)
+  with pytest.raises(metaopt.FolderLockedError, match=rf"in use by another process \(pid "
+                     rf"{os.getpid()}\)") as error:
+    metaopt.lock_folder(tmp_path)  # flock is per open file: a second open conflicts, same process
+  assert str(tmp_path) in str(error.value) and "\n" not in str(error.value)
+  lock.release()
+  with metaopt.lock_folder(tmp_path):
+    pass
+
+
+def test_a_killed_holder_leaves_no_lock(tmp_path):
+  code = f"import metaopt, os; metaopt.lock_folder({str(tmp_path)!r}); os._exit(0)"
+  assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+  metaopt.lock_folder(tmp_path).release()
+
+
+def test_a_link_at_the_lock_file_is_refused_and_not_followed(tmp_path):
+  target = tmp_path / "elsewhere"
+  target.write_text("precious")
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / ".lock").symlink_to(target)
+  with pytest.raises(OSError, match="symbolic link"):
+    metaopt.lock_folder(tmp_path / "run")
+  assert target.read_text() == "precious"
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+  outside = tmp_path / "outside"
+  outside.mkdir()
+  (outside / "target").write_text("precious")
+  run = tmp_path / "run"
+  run.mkdir()
+  stale = [".checkpoint.npz.a1b2c3d4.tmp", ".summary.json.x_9zzzzz.tmp", ".tmp-k3j.npz",
+           ".write-test"]
+  kept = ["checkpoint.npz", "config.json", "notes.tmp", ".summary.json.tmp", "a.b.c1234567.tmp"]
+  for name in stale + kept:
+    (run / name).write_text("x")
+  (run / ".config.json.linkedaa.tmp").symlink_to(outside / "target")
+  (run / ".tmp-dir.npz").mkdir()
+  assert metaopt.remove_stale_temporaries(run) == sorted(stale)
+  assert sorted(os.listdir(run)) == sorted(kept + [".config.json.linkedaa.tmp", ".tmp-dir.npz"])
+  assert (outside / "target").read_text() == "precious"
+
+
+def test_write_atomic_temporaries_match_the_stale_pattern(tmp_path, monkeypatch):
+  """If write_atomic's temporary names change, remove_stale_temporaries must follow."""
+  seen = []
+  real = os.replace
+  monkeypatch.setattr(os, "replace", lambda a, b: (seen.append(os.path.basename(a)), real(a, b)))
+  metaopt.write_atomic(tmp_path / "summary.json", "x")
+  (tmp_path / seen[0]).write_text("left by a kill")
+  assert metaopt.remove_stale_temporaries(tmp_path) == seen
+
+
+def test_make_folder_writes_no_named_file_and_refuses_a_file(tmp_path):
+  target = tmp_path / "elsewhere"
+  target.write_text("precious")
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / ".write-test").symlink_to(target)
+  assert metaopt.make_folder(run) == str(run)
+  assert target.read_text() == "precious" and os.listdir(run) == [".write-test"]
+  with pytest.raises(OSError):
+    metaopt.make_folder(target)
+
+
+def test_refuse_links_names_the_link(tmp_path):
+  (tmp_path / "summary.json").symlink_to(tmp_path / "missing")
+  metaopt.refuse_links(tmp_path, ["config.json"])
+  with pytest.raises(OSError, match="summary.json is a symbolic link") as error:
+    metaopt.refuse_links(tmp_path, ["config.json", "summary.json"])
+  assert error.value.errno == errno.ELOOP
