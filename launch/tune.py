@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import re
 import sys
@@ -73,9 +74,10 @@ OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam, "rmsprop": optax.rmsprop,
 
 
 def validate_flags():
-  """Every check that needs no compilation; raises app.UsageError with the flag's name.
+  """Every check that needs no compute; raises app.UsageError naming the flag.
 
-  Returns the problem, the estimator (building it checks its options, no compute) and the logdir.
+  Returns the problem, the estimator (building it checks its options) and the logdir, which is
+  made (and checked writable) last: a bad flag leaves no file behind.
   """
   if _PROBLEM.value not in unrolled.names():
     raise app.UsageError(f"--problem={_PROBLEM.value!r} is unknown; choose one of {unrolled.names()}")
@@ -86,8 +88,14 @@ def validate_flags():
   for flag in (_NUM_STEPS, _NUM_CHAINS, _OUTER_STEPS, _CHECKPOINT_EVERY):
     if flag.value < 1:
       raise app.UsageError(f"--{flag.name} must be >= 1, got {flag.value}")
-  if not _META_LR.value > 0:
-    raise app.UsageError(f"--meta_lr must be > 0, got {_META_LR.value}")
+  for flag in (_LOG_EVERY, _IMAGE_EVERY, _MAX_SKIPPED):
+    if flag.value < 0:
+      raise app.UsageError(f"--{flag.name} must be >= 0, got {flag.value}")
+  for flag in (_META_LR, _MAX_GRAD_NORM):
+    if flag.value is not None and not (math.isfinite(flag.value) and flag.value > 0):
+      raise app.UsageError(f"--{flag.name} must be a finite number > 0, got {flag.value}")
+  if not 0 <= _SEED.value < 2**32:
+    raise app.UsageError(f"--seed must be in [0, 2**32), got {_SEED.value}")
   try:
     problem = unrolled.get(_PROBLEM.value, **unrolled.parse_options(_PROBLEM_OPTION.value))
   except (ValueError, TypeError) as e:
@@ -95,18 +103,21 @@ def validate_flags():
   try:
     estimator = metaopt.get_estimator(_ESTIMATOR.value, problem.system, num_steps=_NUM_STEPS.value,
                                       num_particles=_NUM_PARTICLES.value, sigma=_SIGMA.value)
+    metaopt.check_memory(estimator, problem.theta, num_chains=_NUM_CHAINS.value,
+                         what="--num_chains")
   except ValueError as e:  # its messages start with the option's name: name the flag that set it
+    if str(e).startswith("system."):  # the problem's own value, e.g. horizon=0
+      raise app.UsageError(f"--problem_option: {e}") from None
     own = metaopt.parse_spec(_ESTIMATOR.value)[1]
     flag = [o for o in metaopt.estimator_info(_ESTIMATOR.value).takes
             if o not in own and re.match(rf"{o}\b", str(e))]
-    raise app.UsageError(f"--{e}" if flag else f"--estimator={_ESTIMATOR.value!r}: {e}") from None
+    raise app.UsageError(f"--{e}" if flag or str(e).startswith("--") else
+                         f"--estimator={_ESTIMATOR.value!r}: {e}") from None
   logdir = _LOGDIR.value or os.path.join(
       "runs", f"{_PROBLEM.value}-{re.sub(r'[^A-Za-z0-9_.=-]', '_', _ESTIMATOR.value)}-"
       f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
   try:
-    os.makedirs(logdir, exist_ok=True)
-    metaopt.write_atomic(os.path.join(logdir, ".write-test"), "ok")
-    os.remove(os.path.join(logdir, ".write-test"))
+    metaopt.make_folder(logdir)
   except OSError as e:
     raise app.UsageError(f"--logdir {logdir!r} is not writable: {e}") from None
   return problem, estimator, logdir
@@ -121,11 +132,26 @@ def _json_default(x):
 
 
 def claim_logdir(logdir, config):
-  """Writes config.json into a new logdir, or checks that an existing one matches."""
+  """Locks the logdir for this process, then writes config.json into a new logdir or checks that
+  an existing one matches. Returns whether it resumes a run."""
+  try:
+    # Held until the process ends: a second process on this logdir is refused, never interleaved.
+    claim_logdir.lock = metaopt.lock_folder(logdir)
+    metaopt.remove_stale_temporaries(logdir)  # ours alone now: what killed runs left behind
+    # Refused now, not when written after the run's compute.
+    metaopt.refuse_links(logdir, (CONFIG, CHECKPOINT, SUMMARY))
+  except OSError as e:
+    raise app.UsageError(f"--logdir: {e.strerror} ({e.filename})" if e.filename and e.strerror
+                         and str(e.filename) not in e.strerror else f"--logdir: {e.strerror or e}"
+                         ) from None
   path = os.path.join(logdir, CONFIG)
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, ValueError) as e:
+      raise app.UsageError(f"--logdir {logdir!r}: {CONFIG} is unreadable ({e}); delete it "
+                           "(and the checkpoint) or pick another --logdir") from None
     new = json.loads(json.dumps(config, default=_json_default))
     diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != new[k]}
     if diff:
@@ -157,14 +183,19 @@ def main(argv):
   t = metaopt.tuner(estimator, OPTIMIZERS[_META_OPTIMIZER.value](_META_LR.value),
                     num_chains=_NUM_CHAINS.value, max_grad_norm=_MAX_GRAD_NORM.value)
   theta0 = problem.theta
-  state = jax.jit(t.init)(jax.random.key(_SEED.value), theta0)
+  init = lambda: jax.jit(t.init)(jax.random.key(_SEED.value), theta0)
   checkpoint_path = os.path.join(logdir, CHECKPOINT)
   start = 0
   if resuming and os.path.exists(checkpoint_path):
-    state = metaopt.checkpoint.restore(checkpoint_path, state)
+    try:  # into the state's shapes alone: a damaged or foreign checkpoint costs no compute
+      state = metaopt.checkpoint.restore(checkpoint_path, jax.eval_shape(init), config=config)
+    except metaopt.checkpoint.CheckpointError as e:
+      raise app.UsageError(f"--logdir: {e}") from None
     start = int(state.step)
     logging.info("resuming %s from outer step %d", logdir, start)
     print(f"resuming {logdir} from outer step {start}")
+  else:
+    state = init()
   writer = metaopt.SummaryWriter(logdir, resume_step=start + 1 if start else None)
   outer_steps = _OUTER_STEPS.value
   log_every = _LOG_EVERY.value or max(1, outer_steps // 20)
@@ -197,7 +228,7 @@ def main(argv):
     skipped = int(infos["num_skipped"][-1])
     if step % _CHECKPOINT_EVERY.value == 0 or step == outer_steps or skipped > _MAX_SKIPPED.value:
       writer.flush()
-      metaopt.checkpoint.save(checkpoint_path, state)
+      metaopt.checkpoint.save(checkpoint_path, state, config=config)
     if skipped > _MAX_SKIPPED.value:
       writer.close()
       sys.exit(f"stopped at outer step {step}: {skipped} outer steps had non-finite "
