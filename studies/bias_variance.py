@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 from typing import NamedTuple
 
@@ -120,8 +121,9 @@ def cached_exact(ctx: Context, problem, num_chains, window):
   chains = []
   for c in range(num_chains):
     path = os.path.join(folder, f"{tag}-window{window}-chain{c}.npy")
-    if os.path.exists(path):
-      chains.append(np.load(path))
+    cached = _load_cached(path, (ctx.num_samples, len(flat_theta(problem.theta))))
+    if cached is not None:
+      chains.append(cached)
       continue
     grads = exact_grads(problem, ctx.exact, c, keys, window)
     buffer = io.BytesIO()
@@ -129,6 +131,26 @@ def cached_exact(ctx: Context, problem, num_chains, window):
     metaopt.write_atomic(path, buffer.getvalue())
     chains.append(grads)
   return np.mean(chains, axis=0)
+
+
+def _load_cached(path, shape):
+  """A cached exact-gradient array, or None if absent or unreadable (then it is recomputed).
+
+  Loaded without pickle (a damaged or foreign file never runs code); a file of
+  the wrong shape or with non-finite values counts as damaged. The recomputed
+  array replaces it atomically.
+  """
+  if not os.path.exists(path):
+    return None
+  try:
+    grads = np.load(path, allow_pickle=False)
+    if grads.shape != shape or not np.all(np.isfinite(grads)):
+      raise ValueError(f"shape {grads.shape} (expected {shape}) or non-finite values")
+    return grads
+  except (ValueError, EOFError, OSError) as e:
+    print(f"warning: exact-gradient cache {path} is damaged ({str(e).splitlines()[0][:120]}); "
+          "recomputing it", file=sys.stderr, flush=True)
+    return None
 
 
 _PLAIN_STEP_SECONDS = {}

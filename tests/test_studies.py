@@ -189,3 +189,103 @@ def test_storage_urls():
     storage_lib.make_storage("mysql://nope")
   s = storage_lib.make_storage("journal:///" + os.path.join("/tmp", f"metaopt-{os.getpid()}.log"))
   assert isinstance(s, optuna.storages.JournalStorage)
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "pickled", "wrong_shape"])
+def test_a_damaged_exact_cache_entry_is_recomputed_and_rewritten(tmp_path, capsys, damage):
+  ctx = bias_variance.Context("toy_regression", {"horizon": 10}, ("rtrl",), (5,), (2,),
+                              (0.01, 0.01), (1,), 4, 0, "full_bptt", str(tmp_path))
+  problem = bias_variance.make_problem(ctx)
+  good = bias_variance.cached_exact(ctx, problem, 1, 5)
+  (path,) = (tmp_path / "exact_cache").iterdir()
+  data = path.read_bytes()
+  bad = {"random": os.urandom(200), "truncated": data[:len(data) // 2],
+         "pickled": b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+                    + b" " * 40 + b"\n" + b"\x80\x04N.",
+         "wrong_shape": data[:0]}[damage]
+  if damage == "wrong_shape":
+    import io
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((3, 2), np.float32))
+    bad = buffer.getvalue()
+  path.write_bytes(bad)
+  again = bias_variance.cached_exact(ctx, problem, 1, 5)
+  np.testing.assert_array_equal(again, good)
+  assert str(path) in capsys.readouterr().err
+  np.testing.assert_array_equal(np.load(path), good)  # rewritten
+  assert os.listdir(tmp_path / "exact_cache") == [path.name]
+
+
+def test_a_damaged_or_locked_sqlite_study_is_refused_in_one_line_and_left_unchanged(tmp_path):
+  import sqlite3
+  import threading
+  url_of = lambda p: f"sqlite:///{p}"
+  garbage = tmp_path / "garbage.db"
+  garbage.write_bytes(os.urandom(8192))
+  good = tmp_path / "good.db"
+  storage_lib.open_study(storage_lib.make_storage(url_of(good)), "s", ["minimize"]).optimize(
+      lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+  truncated = tmp_path / "truncated.db"
+  truncated.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 3])
+  for path in (garbage, truncated):
+    before = path.read_bytes()
+    with pytest.raises(storage_lib.StorageError, match="is damaged") as e:
+      storage_lib.make_storage(url_of(path))
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert path.read_bytes() == before
+  # Locked: another connection holds an exclusive lock for longer than we wait.
+  holder = sqlite3.connect(str(good), check_same_thread=False)
+  holder.execute("BEGIN EXCLUSIVE")
+  try:
+    start = time.time()
+    with pytest.raises(storage_lib.StorageError, match="is locked by another process"):
+      storage_lib.make_storage(url_of(good), lock_timeout=0.5)
+    assert time.time() - start < 10
+  finally:
+    holder.rollback()
+    holder.close()
+  assert len(load(url_of(good), "s").trials) == 2
+
+
+def test_launch_study_refuses_a_damaged_sqlite_study_in_one_line(tmp_path):
+  path = tmp_path / "study.db"
+  path.write_bytes(os.urandom(4096))
+  run = subprocess.run(study_cmd(*TINY, "--n_trials=1", f"--output_dir={tmp_path}",
+                                 "--report=false"), cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert run.returncode != 0 and "Traceback" not in run.stderr
+  lines = [l for l in run.stderr.splitlines() if l.startswith("launch.study: error:")]
+  assert len(lines) == 1 and str(path) in lines[0] and "damaged" in lines[0], run.stderr[-2000:]
+  assert sorted(os.listdir(tmp_path)) == ["study.db"]
+
+
+@pytest.mark.slow
+def test_a_postgresql_password_is_never_shown_nor_on_worker_command_lines(postgres_url, tmp_path):
+  """The server trusts loopback, so any password is accepted: it must appear nowhere."""
+  url = postgres_url.replace("postgres@", "postgres:s3cr3tpw@")
+  out = tmp_path / "out"
+  proc = subprocess.Popen(study_cmd(*TINY, "--n_trials=2", "--n_workers=2", f"--storage={url}",
+                                    "--study_name=pw", f"--output_dir={out}"), cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  seen = []
+  while proc.poll() is None:
+    for pid in os.listdir("/proc"):
+      if pid.isdigit() and int(pid) != proc.pid:
+        try:
+          with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().decode(errors="replace")
+        except OSError:
+          continue
+        if "launch.study" in cmd:
+          seen.append(cmd)
+    time.sleep(0.2)
+  stdout, stderr = proc.communicate()
+  assert proc.returncode == 0, stderr[-3000:]
+  workers = [c for c in seen if "--worker" in c]
+  assert workers and not any("s3cr3tpw" in c or "--storage" in c for c in workers)
+  assert "s3cr3tpw" not in stdout + stderr and "postgres:***@" in stdout
+  for folder, _, files in os.walk(out):
+    for name in files:
+      with open(os.path.join(folder, name), "rb") as f:
+        assert b"s3cr3tpw" not in f.read(), name
+  assert len(load(postgres_url, "pw").trials) == 2
