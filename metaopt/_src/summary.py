@@ -3,8 +3,13 @@ imported), and what the tuner and the inner problems log to them."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import os
+import stat
+import struct
+import tempfile
 import time
 from typing import Mapping
 
@@ -12,6 +17,7 @@ import jax
 import numpy as np
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
@@ -22,28 +28,97 @@ class SummaryWriter:
   """Scalars, histograms, images and an hparams session, as TensorBoard reads them.
 
   Scalars and histograms are v2 summaries (``EventAccumulator`` lists them
-  under ``Tags()['tensors']``); images are classic PNG image summaries.
+  under ``Tags()['tensors']``); images are classic PNG image summaries. Every
+  writer adds one new event file to ``logdir`` and starts it with a
+  ``SessionLog.START`` event.
+
+  Resuming: a run killed after its checkpoint at outer step ``k`` may already
+  have written events of steps ``k + 1``, ``k + 2``, ... that the resumed run
+  writes again. TensorBoard's readers disagree on which of them to show (the
+  Python event multiplexer drops them only on a second ``SessionLog.START``,
+  the Rust data server only for a tag written again at an earlier step, the
+  legacy ``EventAccumulator`` never for tensor summaries), so with
+  ``resume_step=k + 1`` this writer removes them from the files themselves:
+  every event file directly in ``logdir`` that holds an event of a step
+  ``>= resume_step`` is replaced, under the same name, by a copy without those
+  events (the ``file_version`` record is always kept). The copy is written to
+  a temporary file (a name TensorBoard does not read), fsync'ed and renamed
+  over the original, so a crash leaves either the old file or the complete
+  copy. Symbolic links are never read or written through; a truncated last
+  record (the process was killed in the middle of writing it) is dropped; a
+  record that fails its header checksum and everything after it are copied
+  unchanged. The resuming writer must be the only writer of ``logdir``. A
+  value it is asked to write at a step below ``resume_step`` is left out when
+  the events kept hold that tag's last point at that very step: the
+  interrupted run wrote it already (a run killed after its last checkpoint
+  had logged its final metrics and hparams session).
+
+  A TensorBoard left open across the resume has read the old files already:
+  the Python multiplexer drops its copy of those steps at the resumed run's
+  ``SessionLog.START`` (it ignores a run's first one, which is why every
+  writer writes one); the Rust data server ignores ``SessionLog.START`` and
+  drops them tag by tag as the resumed run logs each tag again, so until then,
+  or until it restarts, it may still show a killed run's points beyond the
+  resumed run's progress (never a step twice).
+
+  Without ``resume_step`` nothing is removed, and the ``SessionLog.START`` is
+  at step 0: the Python multiplexer then shows this run in place of the
+  events an earlier writer of this module left in ``logdir`` (a run restarted
+  from scratch).
 
   Args:
     logdir: the run's folder.
-    resume_step: when a run resumes from a checkpoint taken at this step,
-      a ``SessionLog.START`` event at this step tells TensorBoard to drop any
-      events of later steps that the interrupted run wrote, so the curves
-      have neither duplicated nor missing steps.
+    resume_step: the first step the resumed run writes (the checkpoint's step
+      plus one), or ``None`` for a new run.
+
+  Raises:
+    ValueError: if ``resume_step`` is not an integer ``>= 0``.
+
+  Examples:
+    >>> import os, tempfile, metaopt
+    >>> logdir = tempfile.mkdtemp()
+    >>> with metaopt.SummaryWriter(logdir) as writer:  # killed after step 3, checkpoint at 1
+    ...   for step in (1, 2, 3):
+    ...     writer.scalar("loss", 1.0 / step, step)
+    >>> with metaopt.SummaryWriter(logdir, resume_step=2) as writer:  # steps 2 and 3 removed
+    ...   for step in (2, 3, 4):
+    ...     writer.scalar("loss", 1.0 / step, step)
+    >>> len([f for f in os.listdir(logdir) if "tfevents" in f])
+    2
   """
 
   def __init__(self, logdir: str, *, resume_step: int | None = None):
-    self._writer = EventFileWriter(logdir, max_queue_size=1000, flush_secs=30)
     if resume_step is not None:
-      self._emit_event(event_pb2.Event(
-          step=int(resume_step), wall_time=time.time(),
-          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+      if isinstance(resume_step, bool) or not isinstance(resume_step, (int, np.integer)):
+        raise ValueError(f"resume_step must be an integer or None, got {resume_step!r}")
+      if resume_step < 0:
+        raise ValueError(f"resume_step must be >= 0, got {resume_step}")
+      resume_step = int(resume_step)
+      # Before the new file exists: it is never rewritten.
+      self._kept_last_step = _drop_events_from(logdir, resume_step)
+    else:
+      self._kept_last_step = {}
+    self._writer = EventFileWriter(logdir, max_queue_size=1000, flush_secs=30)
+    # The Python multiplexer ignores a run's first START and purges on the later ones, so every
+    # writer starts with one: a resumed run's START then always purges what a reader still holds.
+    self._emit_event(event_pb2.Event(
+        step=0 if resume_step is None else resume_step, wall_time=time.time(),
+        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def _emit_event(self, event):
     self._writer.add_event(event)
 
   def _emit(self, summary, step):
-    self._emit_event(event_pb2.Event(summary=summary, step=int(step), wall_time=time.time()))
+    step = int(step)
+    if self._kept_last_step:
+      # A value the interrupted run already logged at a step below resume_step (the final
+      # metrics and hparams session of a run killed after its last checkpoint): written once.
+      values = [v for v in summary.value if self._kept_last_step.get(v.tag) != step]
+      if len(values) < len(summary.value):
+        if not values:
+          return
+        summary = summary_pb2.Summary(value=values)
+    self._emit_event(event_pb2.Event(summary=summary, step=step, wall_time=time.time()))
 
   def scalar(self, tag: str, value, step: int) -> None:
     self._emit(scalar_pb(tag, np.asarray(value, np.float64)), step)
@@ -105,6 +180,112 @@ class SummaryWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+# Both TensorBoard readers take every file whose name contains "tfevents" for an event file, so
+# the temporary copies must not (metaopt.write_atomic names them after their destination).
+_TMP_PREFIX, _TMP_SUFFIX = ".summary-rewrite-", ".tmp"
+
+
+def _drop_events_from(logdir: str, step: int) -> dict[str, int]:
+  """Removes the events of steps ``>= step`` from the event files directly in ``logdir``.
+
+  See :class:`SummaryWriter` (``resume_step``) for what is kept and how files are replaced.
+
+  Returns:
+    The last step of every summary tag in the events kept.
+  """
+  last_step = {}
+  try:
+    names = sorted(os.listdir(logdir))
+  except FileNotFoundError:
+    return last_step
+  for name in names:
+    path = os.path.join(logdir, name)
+    if name.startswith(_TMP_PREFIX) and name.endswith(_TMP_SUFFIX):
+      # Left by a process killed during a rewrite; the rename never happened, so the original
+      # file is intact and this partial copy is of no use.
+      with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISREG(os.lstat(path).st_mode):
+          os.remove(path)
+    elif "tfevents" in name:
+      _rewrite_event_file(path, step, last_step)
+  return last_step
+
+
+def _rewrite_event_file(path: str, step: int, last_step: dict[str, int] | None = None) -> None:
+  """Replaces the event file ``path`` by a copy without the events of steps ``>= step``, if any.
+
+  ``last_step[tag]`` is raised to the last step of ``tag`` among the events kept.
+  """
+  last_step = {} if last_step is None else last_step
+  try:
+    # O_NOFOLLOW: a planted link must not make us copy a file from elsewhere into the run folder.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+  except FileNotFoundError:
+    return
+  except OSError:
+    if os.path.islink(path):
+      return  # neither read nor replaced: it is not this run's file
+    raise
+  with os.fdopen(fd, "rb") as f:
+    info = os.fstat(f.fileno())
+    if not stat.S_ISREG(info.st_mode):
+      return
+    data = f.read()
+  kept, end, dropped = [], 0, False
+  while end + 12 <= len(data):
+    header = data[end:end + 8]
+    if struct.unpack("<I", data[end + 8:end + 12])[0] != masked_crc32c(header):
+      break  # corrupt: no reader gets past this record; the rest is copied unchanged
+    record_end = end + 12 + struct.unpack("<Q", header)[0] + 4
+    if record_end > len(data):
+      break  # the last record, cut short by a kill
+    try:
+      event = event_pb2.Event.FromString(data[end + 12:record_end - 4])
+    except Exception:  # pylint: disable=broad-except  # a damaged record: as above
+      break
+    if event.step < step or event.HasField("file_version"):
+      kept.append(data[end:record_end])
+      for value in event.summary.value:
+        last_step[value.tag] = max(event.step, last_step.get(value.tag, event.step))
+    else:
+      dropped = True
+    end = record_end
+  if not dropped:
+    return
+  tail = data[end:]
+  if tail and not _is_truncated_record(tail):
+    kept.append(tail)
+  folder = os.path.dirname(os.path.abspath(path))
+  tmp_fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
+  try:
+    with os.fdopen(tmp_fd, "wb") as f:
+      os.fchmod(f.fileno(), stat.S_IMODE(info.st_mode))
+      f.write(b"".join(kept))
+      f.flush()
+      os.fsync(f.fileno())
+    # rename replaces a link planted at ``path`` meanwhile, never its target.
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+  with contextlib.suppress(OSError):  # makes the rename durable; not every platform can
+    folder_fd = os.open(folder, os.O_RDONLY)
+    try:
+      os.fsync(folder_fd)
+    finally:
+      os.close(folder_fd)
+
+
+def _is_truncated_record(tail: bytes) -> bool:
+  """Whether ``tail``, the bytes after the last readable record, is the start of one record."""
+  if len(tail) < 12:
+    return True  # not even a whole header: nothing a reader could check
+  header = tail[:8]
+  return (struct.unpack("<I", tail[8:12])[0] == masked_crc32c(header)
+          and 12 + struct.unpack("<Q", header)[0] + 4 > len(tail))
 
 
 def coordinate_names(theta) -> list[str]:
