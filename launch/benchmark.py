@@ -36,12 +36,17 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
+import tempfile
 
 from absl import app
 from absl import flags
 
+import metaopt
 from metaopt import write_atomic
+from studies import benchmark_online
 from studies import benchmark_report
+from studies import benchmark_suites
 from studies import benchmarks
 
 _SUITES = flags.DEFINE_list("suites", list(benchmarks.SUITES),
@@ -72,32 +77,94 @@ _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Also write the results 
 
 
 def config_from_flags() -> benchmarks.Config:
-  """The flags as a checked :class:`studies.benchmarks.Config`; UsageError if one is bad."""
+  """The flags as a checked :class:`studies.benchmarks.Config`; UsageError naming a bad flag."""
+  if not _SUITES.value or set(_SUITES.value) - set(benchmarks.SUITES):
+    raise app.UsageError(f"--suites={','.join(_SUITES.value)!r}: choose one or more of "
+                         f"{list(benchmarks.SUITES)}")
   try:
     horizons = tuple(int(t) for t in _MEMORY_HORIZONS.value)
   except ValueError:
     raise app.UsageError(
         f"--memory_horizons must be integers, got {_MEMORY_HORIZONS.value}") from None
+  window = benchmark_online.MEMORY_WINDOW
+  if not horizons or any(t < window or t % window for t in horizons):
+    raise app.UsageError(f"--memory_horizons must be positive multiples of {window} (the memory "
+                         f"suite's window), got {_MEMORY_HORIZONS.value}")
+  if _REPEATS.value < 1:
+    raise app.UsageError(f"--repeats must be >= 1, got {_REPEATS.value}")
+  specs = [(_ESTIMATORS, _ESTIMATORS.value), (_SWEEP_ESTIMATORS, _SWEEP_ESTIMATORS.value),
+           (_MEMORY_ESTIMATORS, _MEMORY_ESTIMATORS.value),
+           (_PARTICLES_ESTIMATOR, [_PARTICLES_ESTIMATOR.value])]
+  for flag, values in specs:
+    if not values:
+      raise app.UsageError(f"--{flag.name} is empty")
+    for spec in values:
+      try:
+        metaopt.estimator_info(spec)
+      except ValueError as e:
+        raise app.UsageError(f"--{flag.name}: {e}") from None
+  if "num_particles" not in metaopt.estimator_info(_PARTICLES_ESTIMATOR.value).takes:
+    raise app.UsageError(f"--particles_estimator={_PARTICLES_ESTIMATOR.value!r} must take "
+                         "num_particles")
+  system = benchmark_suites.digits().system  # as the headline suite builds them, no compute
+  for flag, values in specs:
+    for spec in values:
+      try:
+        metaopt.get_estimator(spec, system, num_steps=_NUM_STEPS.value,
+                              num_particles=_NUM_PARTICLES.value)
+      except ValueError as e:  # name --num_steps / --num_particles unless the spec set it
+        own = metaopt.parse_spec(spec)[1]
+        option = re.match(r"(num_steps|num_particles)\b", str(e))
+        raise app.UsageError(f"--{e} (with {spec!r})" if option and option[1] not in own else
+                             f"--{flag.name}: {spec!r}: {e}") from None
   config = benchmarks.Config(
       estimators=tuple(_ESTIMATORS.value), sweep_estimators=tuple(_SWEEP_ESTIMATORS.value),
       particles_estimator=_PARTICLES_ESTIMATOR.value,
       memory_estimators=tuple(_MEMORY_ESTIMATORS.value), num_steps=_NUM_STEPS.value,
       num_particles=_NUM_PARTICLES.value, repeats=_REPEATS.value, memory_horizons=horizons,
       memory_timing=_MEMORY_TIMING.value, memory_problem=_MEMORY_PROBLEM.value)
-  try:
+  try:  # the studies' own checks, should they grow beyond the above
     benchmarks.check(config, _SUITES.value)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    raise app.UsageError(f"--suites={','.join(_SUITES.value)}: {e}") from None
   return config
+
+
+def validate_flags():
+  """Every flag checked, then the output folder made (and checked writable) last.
+
+  Returns the config and the output folder.
+  """
+  config = config_from_flags()
+  if _OUTPUT_JSON.value:
+    path = _OUTPUT_JSON.value
+    folder = os.path.dirname(os.path.abspath(path))
+    try:  # an anonymous file probes the folder: nothing named is written
+      if os.path.islink(path) or os.path.isdir(path):
+        raise OSError
+      tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+      raise app.UsageError(f"--output_json {path!r} cannot be written: it is a link or a folder, "
+                           "or its folder is missing or read-only") from None
+  output_dir = _OUTPUT_DIR.value or os.path.join(
+      "runs", f"benchmark-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+  try:
+    metaopt.make_folder(output_dir)
+  except OSError as e:
+    raise app.UsageError(f"--output_dir {output_dir!r} is not writable: {e}") from None
+  return config, output_dir
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = config_from_flags()
-  output_dir = _OUTPUT_DIR.value or os.path.join(
-      "runs", f"benchmark-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
-  os.makedirs(output_dir, exist_ok=True)
+  config, output_dir = validate_flags()
+  try:
+    lock = metaopt.lock_folder(output_dir)  # pylint: disable=unused-variable  # held to the end
+    metaopt.remove_stale_temporaries(output_dir)
+    metaopt.refuse_links(output_dir, ["results.json", "results.md"])
+  except OSError as e:
+    raise app.UsageError(f"--output_dir: {e.strerror or e}") from None
   save = lambda results: write_atomic(os.path.join(output_dir, "results.json"),
                                       json.dumps(results, indent=1))
   results = benchmarks.run(config, suites=_SUITES.value, save=save)
@@ -105,7 +172,12 @@ def main(argv):
   write_atomic(os.path.join(output_dir, "results.md"), table)
   if _OUTPUT_JSON.value:
     write_atomic(_OUTPUT_JSON.value, json.dumps(results, indent=1))
-  written = benchmark_report.plots(results, output_dir)
+  # The plots are drawn elsewhere and copied in with write_atomic: savefig would follow a link.
+  with tempfile.TemporaryDirectory() as scratch:
+    written = benchmark_report.plots(results, scratch)
+    for path in written:
+      with open(path, "rb") as f:
+        write_atomic(os.path.join(output_dir, os.path.basename(path)), f.read())
   print("\n" + table)
   print(f"written to {output_dir}: results.json, results.md, "
         + ", ".join(os.path.basename(p) for p in written))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import re
 import time
@@ -61,28 +62,26 @@ _LOGDIR = flags.DEFINE_string("logdir", None, "Run folder (default runs/online_r
 
 
 def validate_flags():
-  """Every check that needs no compilation; raises app.UsageError naming the flag."""
+  """Every check that needs no compute; raises app.UsageError naming the flag.
+
+  The logdir is made (and checked writable) last: a bad flag leaves no file behind.
+  """
   for flag in (_HIDDEN_SIZE, _NUM_STEPS, _TRAIN_STEPS, _EVAL_EVERY, _EVAL_STEPS):
     if flag.value < 1:
       raise app.UsageError(f"--{flag.name} must be >= 1, got {flag.value}")
-  if not _LEARNING_RATE.value > 0:
-    raise app.UsageError(f"--learning_rate must be > 0, got {_LEARNING_RATE.value}")
+  for flag in (_LEARNING_RATE, _MAX_GRAD_NORM):
+    if not (math.isfinite(flag.value) and flag.value > 0):
+      raise app.UsageError(f"--{flag.name} must be a finite number > 0, got {flag.value}")
+  if not 0 <= _TARGET_ACCURACY.value <= 1:
+    raise app.UsageError(f"--target_accuracy must be in [0, 1], got {_TARGET_ACCURACY.value}")
+  if not 0 <= _SEED.value < 2**32:
+    raise app.UsageError(f"--seed must be in [0, 2**32), got {_SEED.value}")
   if not _ESTIMATORS.value:
     raise app.UsageError("--estimators is empty")
-  if not _MAX_GRAD_NORM.value > 0:
-    raise app.UsageError(f"--max_grad_norm must be > 0, got {_MAX_GRAD_NORM.value}")
   folders = [safe_name(spec) for spec in _ESTIMATORS.value]
   if len(set(folders)) < len(folders):
     raise app.UsageError(f"--estimators {_ESTIMATORS.value} repeats an estimator (or two specs "
                          f"share a log folder: {folders})")
-  try:
-    task_options = unrolled.parse_options(_TASK_OPTION.value)
-    problem = online_rnn.online_rnn(cell=_CELL.value, task=_TASK.value,
-                                    hidden_size=_HIDDEN_SIZE.value, seed=_SEED.value,
-                                    eval_steps=_EVAL_STEPS.value, task_options=task_options)
-  except ValueError as e:
-    raise app.UsageError(f"--task_option / --cell: {e}") from None
-  windows = {}
   online = [name for name, info in metaopt.ESTIMATOR_TABLE.items() if not info.whole_horizon]
   for spec in _ESTIMATORS.value:
     try:
@@ -92,18 +91,36 @@ def validate_flags():
     if info.whole_horizon:  # one update per (endless) horizon: never an online update
       raise app.UsageError(f"--estimators: {spec!r} is not an online estimator; choose from "
                            f"{online}")
+  try:
+    task_options = unrolled.parse_options(_TASK_OPTION.value)
+    build = lambda: online_rnn.online_rnn(
+        cell=_CELL.value, task=_TASK.value, hidden_size=_HIDDEN_SIZE.value, seed=_SEED.value,
+        eval_steps=_EVAL_STEPS.value, task_options=task_options)
+    # The weights' size from shapes alone: an absurd --hidden_size is refused before allocation.
+    _check_bytes(metaopt.state_bytes(_Weights(), jax.eval_shape(lambda: build().theta)), "weights")
+    problem = build()
+  except ValueError as e:
+    raise app.UsageError(f"--task_option / --cell: {e}") from None
+  windows = {}
+  for spec in _ESTIMATORS.value:
+    own = metaopt.parse_spec(spec)[1]
     window = metaopt.window_length(spec, problem.system, _NUM_STEPS.value)
     if not isinstance(window, int) or window < 1 or _EVAL_EVERY.value % window:
-      raise app.UsageError(f"--estimators: {spec!r}: num_steps={window!r} must be a positive "
-                           f"int dividing --eval_every={_EVAL_EVERY.value}")
+      name = f"estimators: {spec!r}: num_steps" if "num_steps" in own else "num_steps"
+      raise app.UsageError(f"--{name}={window!r} must be a positive int dividing "
+                           f"--eval_every={_EVAL_EVERY.value}")
     try:  # builds the estimator (cheap, no compute): its own options are checked here
-      metaopt.get_estimator(spec, problem.system, num_steps=_NUM_STEPS.value,
-                            num_particles=_NUM_PARTICLES.value, sigma=_SIGMA.value)
+      estimator = metaopt.get_estimator(spec, problem.system, num_steps=_NUM_STEPS.value,
+                                        num_particles=_NUM_PARTICLES.value, sigma=_SIGMA.value)
     except ValueError as e:
       # A structured estimator refuses a dense cell's system: name the flag that picks the cell.
       hint = (f" (--cell={_CELL.value} is not an element-wise cell)"
               if "ElementwiseSystem" in str(e) else "")
-      raise app.UsageError(f"--estimators: {spec!r}: {e}{hint}") from None
+      flag = [o for o in metaopt.estimator_info(spec).takes
+              if o not in own and re.match(rf"{o}\b", str(e))]
+      raise app.UsageError(f"--{e} (of {spec!r})" if flag else
+                           f"--estimators: {spec!r}: {e}{hint}") from None
+    _check_bytes(metaopt.state_bytes(estimator, problem.theta), f"the state of {spec!r}")
     windows[spec] = window
   if _TRAIN_STEPS.value % _EVAL_EVERY.value:
     raise app.UsageError(f"--train_steps={_TRAIN_STEPS.value} must be a multiple of "
@@ -115,10 +132,34 @@ def validate_flags():
     raise app.UsageError(f"--logdir {logdir!r} already holds a finished comparison; "
                          "choose another folder")
   try:
-    os.makedirs(logdir, exist_ok=True)
+    metaopt.make_folder(logdir)
   except OSError as e:
     raise app.UsageError(f"--logdir {logdir!r} is not writable: {e}") from None
   return problem, windows, logdir
+
+
+class _Weights:
+  """state_bytes of the weights themselves: an 'estimator' whose state is theta."""
+  init = staticmethod(lambda key, theta: theta)
+
+
+def _check_bytes(nbytes, what, working_factor=4):
+  have = metaopt.available_bytes()
+  if have is not None and working_factor * nbytes > have:
+    raise app.UsageError(f"--hidden_size={_HIDDEN_SIZE.value}: {what} need about "
+                         f"{working_factor * nbytes / 2**30:.3g} GiB with working memory; "
+                         f"{have / 2**30:.3g} GiB is available: lower it")
+
+
+def claim_logdir(logdir):
+  """Locks the logdir for this process and refuses links where files will be written."""
+  try:
+    claim_logdir.lock = metaopt.lock_folder(logdir)  # held until the process ends
+    metaopt.remove_stale_temporaries(logdir)
+    metaopt.refuse_links(logdir, ["summary.json", "summary.md"] +
+                         [safe_name(spec) for spec in _ESTIMATORS.value])
+  except OSError as e:
+    raise app.UsageError(f"--logdir: {e.strerror or e}") from None
 
 
 def safe_name(spec):
@@ -206,6 +247,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   problem, windows, logdir = validate_flags()
+  claim_logdir(logdir)
   print(problem.description)
   forward = forward_seconds_per_step(problem)
   records = []
