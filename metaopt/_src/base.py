@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import math
+import operator
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+import numpy as np
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
@@ -54,8 +58,9 @@ class Estimator(NamedTuple):
   is a NamedTuple whose first field ``inner`` is the inner state the next
   window starts from (for estimators with particles, see
   :class:`~metaopt.EstimatorInfo` ``particles``, one per particle stacked on a
-  leading axis), followed by the estimator's own carry, ``count`` and
-  ``init_key``.
+  leading axis), followed by the estimator's own carry, ``count``,
+  ``init_key`` and ``theta_spec`` (theta's layout at ``init``, against which
+  ``unroll`` checks its theta).
   """
   init: Callable[[jax.Array, PyTree], NamedTuple]
   unroll: Callable[[NamedTuple, PyTree, jax.Array], tuple[NamedTuple, PyTree, Metrics]]
@@ -80,30 +85,100 @@ def full_unroll(system: UnrolledSystem, theta: PyTree, init_key: jax.Array,
 # Validation: bad input fails before any compute, with the option's name.
 
 
+def describe(value: Any) -> str:
+  """A short description of a bad value for an error message (type and a clipped repr)."""
+  text = repr(value)
+  text = text if len(text) <= 60 and "\n" not in text else text.splitlines()[0][:57] + "..."
+  return f"{type(value).__name__} {text}"
+
+
+def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
+  """``value`` as a Python int, or a ValueError naming ``name``.
+
+  Python and numpy integers pass (a config or ``np.arange`` gives ``np.int64``);
+  bools and floats do not, even ``2.0``: a count that is not an integer is a mistake.
+  """
+  kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+  if isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) == np.bool_:
+    raise ValueError(f"{name} must be {kind}, got {describe(value)}")
+  try:
+    count = operator.index(value)
+  except TypeError:  # floats, strings, None, abstract (traced) values
+    raise ValueError(f"{name} must be {kind}, got {describe(value)}") from None
+  if count < minimum:
+    raise ValueError(f"{name} must be {kind}, got {count}")
+  return count
+
+
+def check_float(value: Any, name: str, *, positive: bool = True, finite: bool = True) -> float:
+  """``value`` as a Python float, or a ValueError naming ``name``.
+
+  Python and numpy numbers pass; bools, strings and None do not (``float("0.1")``
+  would silently parse a string).
+  """
+  if (isinstance(value, (bool, np.bool_, str, bytes)) or value is None
+      or getattr(value, "dtype", None) == np.bool_):
+    raise ValueError(f"{name} must be a float, got {describe(value)}")
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a float, got {describe(value)}") from None
+  if finite and not math.isfinite(number):
+    raise ValueError(f"{name} must be a finite float, got {value!r}")
+  if positive and not number > 0:
+    raise ValueError(f"{name} must be a positive float, got {value!r}")
+  return number
+
+
+def check_flag(value: Any, name: str) -> bool:
+  """``value`` as a bool, or a ValueError naming ``name`` (``"no"`` would be truthy)."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{name} must be True or False, got {describe(value)}")
+  return bool(value)
+
+
 def check_horizon(system: UnrolledSystem) -> int:
   horizon = system.horizon
-  if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+  if isinstance(horizon, (bool, np.bool_)):
+    raise ValueError(f"system.horizon must be a positive int, got {horizon!r}")
+  try:
+    horizon = operator.index(horizon)
+  except TypeError:
+    raise ValueError(f"system.horizon must be a positive int, got {describe(horizon)}") from None
+  if horizon < 1:
     raise ValueError(f"system.horizon must be a positive int, got {horizon!r}")
   return horizon
 
 
+def check_system(system: Any) -> int:
+  """Raises ValueError unless ``system`` looks like an :class:`UnrolledSystem`; returns its horizon."""
+  if not (callable(getattr(system, "init", None)) and callable(getattr(system, "step", None))
+          and hasattr(system, "horizon")):
+    raise ValueError("system must be a metaopt.UnrolledSystem(init, step, horizon), got "
+                     f"{describe(system)}")
+  return check_horizon(system)
+
+
+def check_estimator(estimator: Any) -> None:
+  if not (callable(getattr(estimator, "init", None))
+          and callable(getattr(estimator, "unroll", None))):
+    raise ValueError("estimator must be a metaopt.Estimator(init, unroll), got "
+                     f"{describe(estimator)}")
+
+
 def check_num_particles(num_particles: Any) -> int:
-  if (isinstance(num_particles, bool) or not isinstance(num_particles, int)
-      or num_particles < 2 or num_particles % 2):
-    raise ValueError(
-        "num_particles must be a positive even int (antithetic pairs), "
-        f"got {num_particles!r}")
+  message = "num_particles must be a positive even int (antithetic pairs), got "
+  try:
+    num_particles = check_count(num_particles, "num_particles")
+  except ValueError:
+    raise ValueError(message + describe(num_particles)) from None
+  if num_particles < 2 or num_particles % 2:
+    raise ValueError(message + repr(num_particles))
   return num_particles
 
 
 def check_sigma(sigma: Any) -> float:
-  try:
-    value = float(sigma)
-  except (TypeError, ValueError):
-    raise ValueError(f"sigma must be a positive float, got {sigma!r}") from None
-  if not value > 0 or value == float("inf"):
-    raise ValueError(f"sigma must be a positive finite float, got {sigma!r}")
-  return value
+  return check_float(sigma, "sigma")
 
 
 def check_theta(theta: PyTree) -> None:
@@ -112,18 +187,66 @@ def check_theta(theta: PyTree) -> None:
   if not leaves:
     raise ValueError("theta must have at least one floating-point leaf, got an empty pytree")
   for path, leaf in leaves:
-    dtype = jnp.result_type(leaf)
+    try:
+      dtype = jnp.result_type(leaf)
+    except TypeError:  # a string, an object
+      raise ValueError(f"theta must contain only floating-point arrays; leaf "
+                       f"theta{jax.tree_util.keystr(path)} is a {describe(leaf)}") from None
     if not jnp.issubdtype(dtype, jnp.floating):
       raise ValueError(
           f"theta must contain only floating-point arrays; leaf "
           f"theta{jax.tree_util.keystr(path)} has dtype {dtype}")
 
 
+def check_finite_theta(theta: PyTree) -> None:
+  """Raises ValueError if a concrete leaf of ``theta`` holds NaN or inf.
+
+  A host-side check, for ``init``: leaves that are abstract (``init`` under
+  ``jit``) cannot be looked at and pass; a tuner then skips (and counts) every
+  step, since their hypergradients are not finite.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(theta):
+    if isinstance(leaf, jax.core.Tracer):
+      continue
+    values = np.asarray(leaf)
+    bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+    if bad:
+      raise ValueError(f"theta{jax.tree_util.keystr(path)} has {bad} non-finite (NaN or inf) "
+                       f"value(s): theta must start finite")
+
+
+def theta_spec(theta: PyTree) -> PyTree:
+  """Theta's structure, shapes and dtypes as zero-size arrays ``(0, *shape)``: a record kept in
+  an estimator state at no memory cost, that survives jit, vmap and checkpoints."""
+  return jax.tree.map(lambda x: jnp.zeros((0,) + jnp.shape(x), jnp.result_type(x)), theta)
+
+
+def check_theta_like(theta: PyTree, spec: PyTree, *, made_by: str = "est.init") -> None:
+  """Raises ValueError unless ``theta`` has the structure, shapes and dtypes ``spec`` recorded.
+
+  Uses only static information (tree structure, shapes, dtypes), so it costs
+  nothing at run time and works on tracers under jit and vmap. A weakly typed
+  leaf (a Python float) matches any float dtype, as JAX would convert it.
+  """
+  got, want = jax.tree.structure(theta), jax.tree.structure(spec)
+  if got != want:
+    raise ValueError(f"theta has structure {got}, but the state was made ({made_by}) for {want}")
+  for (path, leaf), ref in zip(jax.tree_util.tree_leaves_with_path(theta), jax.tree.leaves(spec)):
+    aval, where = jax.typeof(leaf), f"theta{jax.tree_util.keystr(path)}"
+    shape = tuple(ref.shape[1:])
+    if tuple(aval.shape) != shape:
+      raise ValueError(f"{where} has shape {tuple(aval.shape)}, but the state was made "
+                       f"({made_by}) with shape {shape}")
+    if aval.dtype != ref.dtype and not aval.weak_type:
+      raise ValueError(f"{where} has dtype {aval.dtype}, but the state was made ({made_by}) "
+                       f"with dtype {ref.dtype}")
+
+
 def check_system_shapes(system: UnrolledSystem, key: jax.Array, theta: PyTree) -> None:
   """Abstractly evaluates init and step (no FLOPs) and checks they fit the contract."""
-  state = jax.eval_shape(system.init, key, theta)
+  state = _eval_on_theta("system.init(key, theta)", system.init, key, theta)
   step_key = jax.eval_shape(lambda k: jax.random.split(k, 2)[0], key)
-  out = jax.eval_shape(system.step, state, theta, step_key)
+  out = _eval_on_theta("system.step(state, theta, key)", system.step, state, theta, step_key)
   if not (isinstance(out, tuple) and len(out) == 2):
     raise ValueError("system.step must return a pair (state, loss)")
   new_state, loss = out
@@ -144,18 +267,55 @@ def check_system_shapes(system: UnrolledSystem, key: jax.Array, theta: PyTree) -
           f"{a.shape} {a.dtype} to {b.shape} {b.dtype}")
 
 
-def check_key(key: jax.Array) -> None:
-  """Estimator states keep keys as raw data of JAX's default PRNG implementation."""
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    impl, default = str(jax.random.key_impl(key)), str(jax.config.jax_default_prng_impl)
+def _eval_on_theta(call: str, f: Callable, *args) -> Any:
+  """``jax.eval_shape(f, *args)``; a theta the system cannot take (a missing key, a wrong shape)
+  becomes one line naming theta instead of a deep JAX traceback (kept as the cause)."""
+  try:
+    return jax.eval_shape(f, *args)
+  except ValueError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise ValueError(f"theta does not fit the system: {call} raised "
+                     f"{type(e).__name__}: {first}") from e
+
+
+@functools.lru_cache(maxsize=None)
+def _raw_key_shape(impl: str) -> tuple[int, ...]:
+  return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+
+
+def check_key(key: Any, name: str = "key") -> None:
+  """Raises ValueError unless ``key`` is one key of JAX's default PRNG implementation.
+
+  Typed keys (``jax.random.key(seed)``) and their raw uint32 data (the old
+  ``jax.random.PRNGKey(seed)``) both pass; estimator states keep the raw data.
+  Only shapes and dtypes are read, so the check works on tracers.
+  """
+  dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+  if dtype is None or shape is None:
+    raise ValueError(f"{name} must be a JAX PRNG key (jax.random.key(seed)), got {describe(key)}")
+  shape = tuple(shape)
+  default = str(jax.config.jax_default_prng_impl)
+  if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    impl = str(jax.random.key_impl(key))
     if impl != default:
-      raise ValueError(f"key: metaopt stores keys as raw data of the default PRNG implementation "
-                       f"({default}); got a {impl} key. Use jax.random.key(seed).")
+      raise ValueError(f"{name}: metaopt stores keys as raw data of the default PRNG "
+                       f"implementation ({default}); got a {impl} key. Use jax.random.key(seed).")
+    if shape:
+      raise ValueError(f"{name} must be a single key, got an array of keys of shape {shape} "
+                       "(jax.vmap over them, or pick one)")
+    return
+  raw = _raw_key_shape(default)
+  if dtype != np.uint32 or shape != raw:
+    raise ValueError(f"{name} must be a JAX PRNG key (jax.random.key(seed)) or its raw uint32 "
+                     f"data of shape {raw}, got a {dtype} array of shape {shape}")
 
 
 def check_init_args(system: UnrolledSystem, key: jax.Array, theta: PyTree) -> None:
   check_key(key)
   check_theta(theta)
+  check_finite_theta(theta)
   check_system_shapes(system, key, theta)
 
 

@@ -18,13 +18,15 @@ class ForwardGradientState(NamedTuple):
     inner: the inner state at the start of the next window.
     direction: the horizon's random direction v in theta space, (H,).
     tangent: (ds/dtheta) v for the float leaves of ``inner``.
-    count, init_key: the window position (see :func:`~metaopt.windowed`).
+    count, init_key, theta_spec: the window position and theta's layout at ``init``
+      (see :func:`~metaopt.windowed`).
   """
   inner: base.PyTree
   direction: jax.Array
   tangent: list
   count: jax.Array
   init_key: jax.Array
+  theta_spec: base.PyTree
 
 
 def forward_gradient(system: base.UnrolledSystem, *, num_steps: int) -> base.Estimator:

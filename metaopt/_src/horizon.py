@@ -18,6 +18,8 @@ def window_keys(key: jax.Array, num_windows: int) -> tuple[jax.Array, jax.Array]
   :func:`sum_window_grads` and :func:`exact_grad` split ``key`` this way, so
   both see the same inner trajectory.
   """
+  base.check_key(key)
+  num_windows = base.check_count(num_windows, "num_windows")
   init_key, rest = jax.random.split(key)
   return init_key, jax.random.split(rest, num_windows)
 
@@ -42,6 +44,8 @@ def sum_window_grads(estimator: base.Estimator, theta: base.PyTree, key: jax.Arr
     >>> bool(jnp.allclose(g, exact))
     True
   """
+  base.check_estimator(estimator)
+  base.check_theta(theta)
   theta = jax.tree.map(jnp.asarray, theta)
   init_key, keys = window_keys(key, num_windows)
 
@@ -64,10 +68,13 @@ def exact_grad(system: base.UnrolledSystem, theta: base.PyTree, key: jax.Array, 
   the ``next_init`` key of horizon ``h``'s last window), so both see the same
   initial states and minibatches.
   """
+  horizon = base.check_system(system)
+  num_steps = window.check_num_steps(num_steps, horizon)
+  base.check_theta(theta)
   theta = jax.tree.map(jnp.asarray, theta)
   init_key, keys = window_keys(key, num_windows)
   split = jax.vmap(lambda k: window.split_window_key(k, num_steps))(keys)
-  per_horizon = base.check_horizon(system) // num_steps
+  per_horizon = horizon // num_steps
   starts = range(0, num_windows, per_horizon)
 
   def total_loss(th):
@@ -100,7 +107,13 @@ def evaluate_horizon(system: base.UnrolledSystem, theta: base.PyTree, key: jax.A
     >>> sorted(out)
     ['distance', 'meta_loss_last', 'meta_loss_mean']
   """
-  keys = jax.random.split(key, base.check_horizon(system))
+  horizon = base.check_system(system)
+  base.check_key(key)
+  base.check_theta(theta)
+  if evaluate is not None and not callable(evaluate):
+    raise ValueError(f"evaluate must be a function of the final state, got "
+                     f"{base.describe(evaluate)}")
+  keys = jax.random.split(key, horizon)
   final, losses = base.full_unroll(system, theta, key, keys)
   out = {"meta_loss_mean": jnp.mean(losses), "meta_loss_last": losses[-1]}
   if evaluate is not None:

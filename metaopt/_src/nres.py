@@ -19,12 +19,14 @@ class NRESState(NamedTuple):
     inner: each particle's inner state, stacked (leading axis ``num_particles``).
     perturbation: each particle's perturbation, (num_particles, H), drawn at the
       horizon's start and reused by every window of that horizon.
-    count, init_key: the window position (see :func:`~metaopt.windowed`).
+    count, init_key, theta_spec: the window position and theta's layout at ``init``
+      (see :func:`~metaopt.windowed`).
   """
   inner: base.PyTree
   perturbation: jax.Array
   count: jax.Array
   init_key: jax.Array
+  theta_spec: base.PyTree
 
 
 def nres(system: base.UnrolledSystem, *, num_steps: int, num_particles: int, sigma: float,
@@ -66,6 +68,7 @@ def nres(system: base.UnrolledSystem, *, num_steps: int, num_particles: int, sig
     True
   """
   num_particles, sigma = perturbations.check_options(num_particles, sigma)
+  spread_copies = base.check_flag(spread_copies, "spread_copies")
 
   def start(theta, keys, init_key):
     theta_vec, unravel, eps = perturbations.window_draw(theta, keys, num_particles, sigma)

@@ -20,12 +20,14 @@ class PESState(NamedTuple):
       ``num_particles``.
     accumulator: each particle's sum of the perturbations it has seen in this
       horizon, (num_particles, H).
-    count, init_key: the window position (see :func:`~metaopt.windowed`).
+    count, init_key, theta_spec: the window position and theta's layout at ``init``
+      (see :func:`~metaopt.windowed`).
   """
   inner: base.PyTree
   accumulator: jax.Array
   count: jax.Array
   init_key: jax.Array
+  theta_spec: base.PyTree
 
 
 def pes(system: base.UnrolledSystem, *, num_steps: int, num_particles: int,
@@ -71,6 +73,7 @@ def pes(system: base.UnrolledSystem, *, num_steps: int, num_particles: int,
     True
   """
   num_particles, sigma = perturbations.check_options(num_particles, sigma)
+  spread_copies = base.check_flag(spread_copies, "spread_copies")
 
   def start(theta, keys, init_key):
     theta_vec, unravel, eps = perturbations.window_draw(theta, keys, num_particles, sigma)

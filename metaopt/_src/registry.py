@@ -87,21 +87,34 @@ def parse_spec(spec: str) -> tuple[str, dict]:
   """``"uoro[rho=variance,rank=4]"`` -> ``("uoro", {"rho": "variance", "rank": 4})``.
 
   Options may also be separated by ``;`` (handy inside comma-separated flag lists).
+
+  Raises:
+    ValueError: for a spec that is not a string, has no name, is not closed, or
+      has an option that is not ``key=value`` or is given twice.
   """
-  if "[" not in spec:
+  if not isinstance(spec, str):
+    raise ValueError(f"estimator spec must be a string like 'uoro[rank=4]', got "
+                     f"{base.describe(spec)}")
+  name, _, body = spec.partition("[")
+  if not name.strip():
+    raise ValueError(f"estimator spec {spec!r} has no estimator name")
+  if not body:
     return spec, {}
   if not spec.endswith("]"):
     raise ValueError(f"estimator spec {spec!r} must look like name[key=value,...]")
-  name, body = spec[:-1].split("[", 1)
   options = {}
-  for item in filter(None, re.split(r"[,;]", body)):
+  for item in filter(None, re.split(r"[,;]", body[:-1])):
     if "=" not in item:
       raise ValueError(f"estimator spec {spec!r}: option {item!r} must be key=value")
-    key, value = item.split("=", 1)
+    key, value = (part.strip() for part in item.split("=", 1))
+    if not key:
+      raise ValueError(f"estimator spec {spec!r}: option {item!r} has no name")
+    if key in options:
+      raise ValueError(f"estimator spec {spec!r}: option {key!r} is given twice")
     try:
-      options[key.strip()] = ast.literal_eval(value)
+      options[key] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
-      options[key.strip()] = value.strip()
+      options[key] = value
   return name, options
 
 
@@ -149,6 +162,8 @@ def get_estimator(spec: str, system: base.UnrolledSystem, *, num_steps: int,
     ValueError: for an unknown name (listing the choices) or invalid options.
   """
   info = estimator_info(spec)
+  base.check_system(system)
+  spread_copies = base.check_flag(spread_copies, "spread_copies")
   options = estimator_options(spec, num_steps=num_steps, num_particles=num_particles,
                               sigma=sigma)
   if not spread_copies and "spread_copies" in inspect.signature(info.make).parameters:

@@ -18,13 +18,15 @@ class ReinforceState(NamedTuple):
     inner: the noisy inner state at the start of the next window.
     baseline_inner: the noise-free twin's state (its losses are the baseline).
     score: the accumulated score d log p(noisy trajectory so far) / dtheta, (H,).
-    count, init_key: the window position (see :func:`~metaopt.windowed`).
+    count, init_key, theta_spec: the window position and theta's layout at ``init``
+      (see :func:`~metaopt.windowed`).
   """
   inner: base.PyTree
   baseline_inner: base.PyTree
   score: jax.Array
   count: jax.Array
   init_key: jax.Array
+  theta_spec: base.PyTree
 
 
 def reinforce(system: base.UnrolledSystem, *, num_steps: int, sigma: float,
@@ -67,7 +69,9 @@ def reinforce(system: base.UnrolledSystem, *, num_steps: int, sigma: float,
     >>> bool(spread(True) < spread(False) / 10)
     True
   """
+  num_steps = window.check_num_steps(num_steps, base.check_system(system))
   sigma = base.check_sigma(sigma)
+  baseline = base.check_flag(baseline, "baseline")
 
   def perturb(floats, key):
     keys = jax.random.split(key, len(floats))

@@ -21,11 +21,14 @@ class RTRLState(NamedTuple):
       with a leading axis of size H (the number of theta coordinates).
     count: inner steps taken in the current horizon (see :func:`~metaopt.windowed`).
     init_key: key data of the current horizon's initial-state key.
+    theta_spec: theta's structure, shapes and dtypes at ``init``, as zero-size arrays
+      (see :func:`~metaopt.windowed`).
   """
   inner: base.PyTree
   influence: list
   count: jax.Array
   init_key: jax.Array
+  theta_spec: base.PyTree
 
 
 def rtrl(system: base.UnrolledSystem, *, num_steps: int,
@@ -60,6 +63,7 @@ def rtrl(system: base.UnrolledSystem, *, num_steps: int,
     >>> bool(jnp.allclose(g, exact, rtol=1e-5))
     True
   """
+  spread_copies = base.check_flag(spread_copies, "spread_copies")
 
   def start(theta, keys, init_key):
     f, theta_vec, split = base.flat_init(system, theta, init_key)

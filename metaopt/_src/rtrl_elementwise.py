@@ -19,12 +19,14 @@ class RTRLElementwiseState(NamedTuple):
     inner: the :class:`RecurrentState` at the start of the next window.
     traces: d h[i] / d theta["cell"][i] for every unit i: the structure of
       ``theta["cell"]`` with each leaf ``(num_units, C) + leaf.shape[1:]``.
-    count, init_key: the window position (see :func:`~metaopt.windowed`).
+    count, init_key, theta_spec: the window position and theta's layout at ``init``
+      (see :func:`~metaopt.windowed`).
   """
   inner: elementwise.RecurrentState
   traces: base.PyTree
   count: jax.Array
   init_key: jax.Array
+  theta_spec: base.PyTree
 
 
 def _unit_jacobians(fn, *args):

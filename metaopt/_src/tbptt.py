@@ -18,10 +18,13 @@ class TBPTTState(NamedTuple):
     inner: the inner state at the start of the next window.
     count: inner steps taken in the current horizon (see :func:`~metaopt.windowed`).
     init_key: key data of the current horizon's initial-state key.
+    theta_spec: theta's structure, shapes and dtypes at ``init``, as zero-size arrays
+      (see :func:`~metaopt.windowed`).
   """
   inner: base.PyTree
   count: jax.Array
   init_key: jax.Array
+  theta_spec: base.PyTree
 
 
 def tbptt(system: base.UnrolledSystem, *, num_steps: int, remat: bool = False) -> base.Estimator:
@@ -60,6 +63,9 @@ def tbptt(system: base.UnrolledSystem, *, num_steps: int, remat: bool = False) -
     ...                                    num_windows=4))
     (4.0, 10.0)
   """
+  num_steps = window.check_num_steps(num_steps, base.check_system(system))
+  remat = base.check_flag(remat, "remat")
+
   def window_loss(begin, theta, keys):
     segment = _segment_length(num_steps) if remat else num_steps
     run = lambda s, ks: jax.lax.scan(lambda s, k: system.step(s, theta, k), s, ks)
@@ -105,4 +111,4 @@ def full_bptt(system: base.UnrolledSystem, *, remat: bool = False) -> base.Estim
     >>> float(grad), float(metrics["loss"])  # loss 1 + 2 + 3 + 4 = 10 theta
     (10.0, 10.0)
   """
-  return tbptt(system, num_steps=base.check_horizon(system), remat=remat)
+  return tbptt(system, num_steps=base.check_system(system), remat=remat)

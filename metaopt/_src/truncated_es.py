@@ -18,11 +18,13 @@ class TruncatedESState(NamedTuple):
   Attributes:
     inner: the unperturbed inner state at the start of the next window (one
       copy: the particles restart from it every window).
-    count, init_key: the window position (see :func:`~metaopt.windowed`).
+    count, init_key, theta_spec: the window position and theta's layout at ``init``
+      (see :func:`~metaopt.windowed`).
   """
   inner: base.PyTree
   count: jax.Array
   init_key: jax.Array
+  theta_spec: base.PyTree
 
 
 def truncated_es(system: base.UnrolledSystem, *, num_steps: int, num_particles: int,
@@ -63,6 +65,7 @@ def truncated_es(system: base.UnrolledSystem, *, num_steps: int, num_particles: 
     (True, 0.0)
   """
   num_particles, sigma = perturbations.check_options(num_particles, sigma)
+  spread_copies = base.check_flag(spread_copies, "spread_copies")
 
   def thetas_of(theta, keys):
     # Row 0 is the unperturbed copy that carries the state forward.

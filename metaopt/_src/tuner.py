@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -61,6 +62,12 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
   (their inner state may have diverged). The same key gives the same
   theta trajectory.
 
+  ``init`` refuses a NaN or inf theta when theta is concrete. Under
+  ``jax.jit(init)`` it cannot look at the values; every update is then
+  non-finite, skipped and counted in ``num_skipped``. ``update`` refuses a
+  ``state.theta`` whose structure, shapes or dtypes differ from ``init``'s
+  (a static check, free under jit).
+
   Args:
     estimator: a :class:`~metaopt.Estimator`.
     meta_optimizer: the outer optimiser, e.g. ``optax.sgd(1e-4)``.
@@ -90,12 +97,19 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     >>> state = t.init(jax.random.key(0), jnp.float32(0.0))
     >>> state, infos = jax.jit(t.run, static_argnums=1)(state, 10)
   """
-  if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
-    raise ValueError(f"num_chains must be a positive int, got {num_chains!r}")
-  if max_grad_norm is not None and not max_grad_norm > 0:
-    raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm!r}")
+  base.check_estimator(estimator)
+  if not (callable(getattr(meta_optimizer, "init", None))
+          and callable(getattr(meta_optimizer, "update", None))):
+    raise ValueError("meta_optimizer must be an optax.GradientTransformation, e.g. "
+                     f"optax.sgd(1e-3); got {base.describe(meta_optimizer)}")
+  num_chains = base.check_count(num_chains, "num_chains")
+  if max_grad_norm is not None:  # inf would be no clipping: say None
+    max_grad_norm = base.check_float(max_grad_norm, "max_grad_norm")
+  ema_decay = base.check_float(ema_decay, "ema_decay", positive=False)
   if not 0 <= ema_decay < 1:
     raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay!r}")
+  if spread_chains is not None:
+    spread_chains = base.check_flag(spread_chains, "spread_chains")
   if max_grad_norm is not None:
     meta_optimizer = optax.chain(optax.clip_by_global_norm(max_grad_norm), meta_optimizer)
   if spread_chains is None:
@@ -107,6 +121,9 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
   def init(key, theta):
     base.check_key(key)
     base.check_theta(theta)
+    # Host-side, so only on a concrete theta; under jax.jit(init) a NaN theta makes every
+    # update non-finite, and each is skipped and counted in num_skipped.
+    base.check_finite_theta(theta)
     # A weakly typed theta (jnp.full(3, 0.1)) would come back strongly typed from update,
     # and a Python loop calling a jitted update would compile it twice.
     theta = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), theta)
@@ -122,6 +139,7 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
         ema_weight=jnp.zeros((), theta_vec.dtype))
 
   def update(state):
+    check_state(state)
     key_unroll, key_reset, key_next = jax.random.split(base.as_key(state.key), 3)
     est_state, grads, metrics = unroll_chains(
         shard(state.estimator_state), state.theta,
@@ -171,9 +189,22 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     return new_state, info
 
   def run(state, num_updates):
+    num_updates = base.check_count(num_updates, "num_updates", minimum=0)
     return jax.lax.scan(lambda s, _: update(s), state, None, length=num_updates)
 
   return Tuner(init, update, run)
+
+
+def check_state(state: Any) -> None:
+  """Static checks of an ``update``'s state: free at run time, fine under jit."""
+  if not isinstance(state, TunerState):
+    raise ValueError(f"state must be a TunerState from tuner.init, got {base.describe(state)}")
+  base.check_theta(state.theta)
+  size = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(state.theta))
+  if (size,) != tuple(jnp.shape(state.grad_mean)):
+    raise ValueError(f"state.theta has {size} coordinates, but the state was made (tuner.init) "
+                     f"for {math.prod(jnp.shape(state.grad_mean))}: theta must keep its "
+                     "structure, shapes and dtypes")
 
 
 def _all_finite(tree) -> jax.Array:

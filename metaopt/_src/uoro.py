@@ -30,7 +30,8 @@ class UOROState(NamedTuple):
     theta_tilde: theta-sized factors, (rank, H).
     loss_grad_energy: per float leaf of ``inner``, a running mean of the
       squared loss gradient dL/ds (what ``shaping="diagonal"`` shapes the noise with).
-    count, init_key: the window position (see :func:`~metaopt.windowed`).
+    count, init_key, theta_spec: the window position and theta's layout at ``init``
+      (see :func:`~metaopt.windowed`).
   """
   inner: base.PyTree
   s_tilde: list
@@ -38,6 +39,7 @@ class UOROState(NamedTuple):
   loss_grad_energy: jax.Array
   count: jax.Array
   init_key: jax.Array
+  theta_spec: base.PyTree
 
 
 def _noise(key, like, rank, kind):
@@ -133,12 +135,11 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str = "norm",
                                ("shaping", shaping, SHAPINGS)):
     if value not in choices:
       raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-  if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-    raise ValueError(f"rank must be a positive int, got {rank!r}")
-  if not epsilon > 0:
-    raise ValueError(f"epsilon must be positive, got {epsilon!r}")
-  if not fixed_rho > 0:
-    raise ValueError(f"fixed_rho must be positive, got {fixed_rho!r}")
+  num_steps = window.check_num_steps(num_steps, base.check_system(system))
+  rank = base.check_count(rank, "rank")
+  epsilon = base.check_float(epsilon, "epsilon")
+  fixed_rho = base.check_float(fixed_rho, "fixed_rho")
+  energy_decay = base.check_float(energy_decay, "energy_decay", positive=False)
   if not 0 <= energy_decay < 1:
     raise ValueError(f"energy_decay must lie in [0, 1), got {energy_decay!r}")
 

@@ -44,12 +44,17 @@ def split_window_key(key: jax.Array, num_steps: int) -> WindowKeys:
     >>> keys.steps.shape
     (5,)
   """
+  base.check_key(key)
+  num_steps = base.check_count(num_steps, "num_steps")
   keys = jax.random.split(key, num_steps + 2)
   return WindowKeys(next_init=keys[0], noise=keys[1], steps=keys[2:])
 
 
 Fields = tuple
 Begin = Callable[[base.PyTree], Any]
+# The trailing fields windowed owns; "theta_spec" is optional in a state type.
+OWNED = ("count", "init_key")
+SPEC = "theta_spec"
 
 
 def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
@@ -62,9 +67,15 @@ def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
   The estimator's state is a ``state_type`` NamedTuple whose fields are
   ``inner`` (the inner state(s) the next window starts from), the
   estimator's own carry, then ``count`` (inner steps taken in the current
-  horizon, 0 at a horizon start) and ``init_key`` (key data of the key that
-  makes the current horizon's initial state). This function owns ``count``
-  and ``init_key``; the estimator owns the fields before them ("fields").
+  horizon, 0 at a horizon start), ``init_key`` (key data of the key that
+  makes the current horizon's initial state) and, optionally, ``theta_spec``
+  (theta's structure, shapes and dtypes at ``init``, as zero-size arrays
+  ``(0, *shape)``: no memory). This function owns ``count``, ``init_key``
+  and ``theta_spec``; the estimator owns the fields before them ("fields").
+  With ``theta_spec`` (every metaopt estimator has it), ``unroll`` refuses a
+  theta whose structure, shapes or dtypes differ from ``init``'s with a
+  ValueError naming the leaf, before tracing the window: a static check, free
+  at run time and valid under jit and vmap.
 
   Each ``unroll(state, theta, key)`` splits ``key`` with
   :func:`split_window_key` and calls ``window(begin, theta, keys)``, which
@@ -77,7 +88,8 @@ def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
   ``num_steps`` must divide ``system.horizon``.
 
   ``init(key, theta)`` validates its arguments (plus ``check_theta``, if
-  given) and the system's shapes without FLOPs; its fields are zeros shaped
+  given; a NaN or inf theta is refused when theta is concrete, not under
+  jit) and the system's shapes without FLOPs; its fields are zeros shaped
   like a window's output, except ``inner``, which holds ``system.init(key,
   theta)`` (broadcast over particles). The first ``unroll`` starts a horizon
   from ``key`` with its own theta.
@@ -106,6 +118,7 @@ def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
     ...   ds_dtheta: jax.Array
     ...   count: jax.Array
     ...   init_key: jax.Array
+    ...   theta_spec: jax.Array  # optional: lets unroll check theta against init's
     >>> system = metaopt.UnrolledSystem(
     ...     init=lambda key, th: jnp.float32(1.0),
     ...     step=lambda s, th, key: (th * s, s ** 2), horizon=6)
@@ -122,15 +135,22 @@ def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
     >>> round(float(grad), 4)  # d/dtheta (1 + theta^2 + theta^4) at 0.9
     4.716
   """
-  horizon = base.check_horizon(system)
-  check_num_steps(num_steps, horizon)
+  horizon = base.check_system(system)
+  num_steps = check_num_steps(num_steps, horizon)
+  owned = check_state_type(state_type)
+  for name, f, optional in (("start", start, False), ("window", window, False),
+                            ("resume", resume, True), ("check_theta", check_theta, True)):
+    if not (callable(f) or (optional and f is None)):
+      raise ValueError(f"{name} must be a function, got {base.describe(f)}")
   resume = resume or (lambda fields: fields)
+  has_spec = owned[-1] == SPEC
 
   def init(key, theta):
-    if check_theta is not None:
-      check_theta(theta)
     base.check_key(key)
     base.check_theta(theta)
+    if check_theta is not None:
+      check_theta(theta)
+    base.check_finite_theta(theta)
     base.check_system_shapes(system, key, theta)
     key = base.as_key(base.key_data(key))
     keys = split_window_key(key, num_steps)
@@ -139,13 +159,19 @@ def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
     fields = [jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), f) for f in shapes]
     fields[0] = jax.tree.map(lambda x, s: jnp.broadcast_to(x, s.shape).astype(s.dtype),
                              inner, shapes[0])
-    return state_type(*fields, jnp.zeros((), jnp.int32), base.key_data(key))
+    spec = (base.theta_spec(theta),) if has_spec else ()
+    return state_type(*fields, jnp.zeros((), jnp.int32), base.key_data(key), *spec)
 
   def unroll(state, theta, key):
+    # Static checks only (types, structures, shapes, dtypes): free at run time, fine on tracers.
+    check_state(state, state_type)
+    base.check_key(key)
     base.check_theta(theta)
+    if has_spec:
+      base.check_theta_like(theta, state.theta_spec)
     keys = split_window_key(key, num_steps)
     fresh = state.count == 0
-    fields = tuple(state)[:-2]
+    fields = tuple(state)[:-len(owned)]
 
     def begin(th):
       return jax.lax.cond(fresh, lambda: start(th, keys, base.as_key(state.init_key)),
@@ -154,19 +180,42 @@ def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
     fields, grad, metrics = window(begin, theta, keys)
     count = state.count + num_steps
     done = count >= horizon
+    spec = (state.theta_spec,) if has_spec else ()
     return (state_type(*fields, jnp.where(done, 0, count).astype(jnp.int32),
-                       jnp.where(done, base.key_data(keys.next_init), state.init_key)),
+                       jnp.where(done, base.key_data(keys.next_init), state.init_key), *spec),
             grad, metrics)
 
   return base.Estimator(init, unroll)
 
 
 def check_num_steps(num_steps: Any, horizon: int) -> int:
-  """Raises ValueError unless num_steps is a positive int that divides the horizon."""
-  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-    raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+  """``num_steps`` as an int; raises ValueError unless it is a positive int dividing the horizon."""
+  num_steps = base.check_count(num_steps, "num_steps")
   if horizon % num_steps:
     raise ValueError(
         f"num_steps={num_steps} must divide the system's horizon={horizon} "
         "(windows must not straddle a horizon reset)")
   return num_steps
+
+
+def check_state_type(state_type: Any) -> tuple[str, ...]:
+  """The trailing fields of ``state_type`` that :func:`windowed` owns; ValueError if it has none."""
+  fields = getattr(state_type, "_fields", None)
+  if not (isinstance(state_type, type) and issubclass(state_type, tuple) and fields):
+    raise ValueError(f"state_type must be a NamedTuple class, got {base.describe(state_type)}")
+  for owned in (OWNED + (SPEC,), OWNED):
+    if tuple(fields[-len(owned):]) == owned and len(fields) > len(owned):
+      return owned
+  raise ValueError(f"state_type {state_type.__name__} must have the fields inner, ..., "
+                   f"count, init_key[, theta_spec]; got {fields}")
+
+
+def check_state(state: Any, state_type: type) -> None:
+  """Raises ValueError unless ``state`` is one (unbatched) state of ``state_type``."""
+  if not isinstance(state, state_type):
+    raise ValueError(f"state must be a {state_type.__name__} made by this estimator's init, "
+                     f"got {base.describe(state)}")
+  count_shape = tuple(getattr(state.count, "shape", ()))
+  if count_shape:
+    raise ValueError(f"state holds a batch of states (count has shape {count_shape}); "
+                     "unroll them with jax.vmap(est.unroll)")
