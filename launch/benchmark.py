@@ -40,6 +40,7 @@ import re
 import tempfile
 
 from absl import app
+import launch
 from absl import flags
 
 import metaopt
@@ -184,4 +185,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)

@@ -23,6 +23,7 @@ import re
 import time
 
 from absl import app
+import launch
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -271,4 +272,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)

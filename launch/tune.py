@@ -20,6 +20,7 @@ import sys
 import time
 
 from absl import app
+import launch
 from absl import flags
 from absl import logging
 import jax
@@ -196,7 +197,7 @@ def main(argv):
     print(f"resuming {logdir} from outer step {start}")
   else:
     state = init()
-  writer = metaopt.SummaryWriter(logdir, resume_step=start + 1 if start else None)
+  writer = metaopt.SummaryWriter(logdir, resume_step=start + 1 if resuming else None)
   outer_steps = _OUTER_STEPS.value
   log_every = _LOG_EVERY.value or max(1, outer_steps // 20)
   image_every = _IMAGE_EVERY.value or max(1, outer_steps // 10)
@@ -292,4 +293,4 @@ def print_comparison(untuned, tuned, hyper0, hyper):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)
