@@ -9,7 +9,8 @@ import re
 import tempfile
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: str | bytes, *,
+                 temp_prefix: str | None = None) -> None:
   """Writes ``data`` to ``path`` atomically: readers see the old file or the new one, never a part.
 
   The data goes to a new temporary file in ``path``'s folder (an unpredictable
@@ -32,6 +33,9 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
   Args:
     path: the destination file.
     data: its whole new content.
+    temp_prefix: the temporary file's name prefix (default ``.<name>.``), for
+      folders whose readers pick files by name (TensorBoard loads any file
+      named ``*tfevents*``, so a temporary copy must not carry that name).
 
   Raises:
     OSError: if ``path`` is a symbolic link, or the folder is not writable.
@@ -52,7 +56,8 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
   payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
   folder = os.path.dirname(os.path.abspath(path))
   mode = _existing_mode(path)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=temp_prefix or f".{os.path.basename(path)}.",
+                              suffix=".tmp")
   try:
     with os.fdopen(fd, "wb") as f:
       os.fchmod(f.fileno(), _default_mode() if mode is None else mode)  # mkstemp makes it 0600

@@ -9,7 +9,6 @@ import math
 import os
 import stat
 import struct
-import tempfile
 import time
 from typing import Mapping
 
@@ -22,6 +21,8 @@ from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from metaopt._src import files
 
 
 class SummaryWriter:
@@ -183,7 +184,7 @@ class SummaryWriter:
 
 
 # Both TensorBoard readers take every file whose name contains "tfevents" for an event file, so
-# the temporary copies must not (metaopt.write_atomic names them after their destination).
+# the temporary copies get a prefix of their own (write_atomic names them after their destination).
 _TMP_PREFIX, _TMP_SUFFIX = ".summary-rewrite-", ".tmp"
 
 
@@ -257,26 +258,7 @@ def _rewrite_event_file(path: str, step: int, last_step: dict[str, int] | None =
   tail = data[end:]
   if tail and not _is_truncated_record(tail):
     kept.append(tail)
-  folder = os.path.dirname(os.path.abspath(path))
-  tmp_fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
-  try:
-    with os.fdopen(tmp_fd, "wb") as f:
-      os.fchmod(f.fileno(), stat.S_IMODE(info.st_mode))
-      f.write(b"".join(kept))
-      f.flush()
-      os.fsync(f.fileno())
-    # rename replaces a link planted at ``path`` meanwhile, never its target.
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
-  with contextlib.suppress(OSError):  # makes the rename durable; not every platform can
-    folder_fd = os.open(folder, os.O_RDONLY)
-    try:
-      os.fsync(folder_fd)
-    finally:
-      os.close(folder_fd)
+  files.write_atomic(path, b"".join(kept), temp_prefix=_TMP_PREFIX)
 
 
 def _is_truncated_record(tail: bytes) -> bool:
