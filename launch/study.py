@@ -33,6 +33,7 @@ their memory estimated); an error is one line naming the flag. Outputs
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,7 +44,9 @@ from absl import app
 from absl import flags
 
 _STUDY = flags.DEFINE_enum("study", "bias_variance", ["bias_variance", "tuning"], "Which study.")
-_PROBLEM = flags.DEFINE_string("problem", "toy_regression", "Inner problem (unrolled.names()).")
+_PROBLEM = flags.DEFINE_string(
+    "problem", "toy_regression", "Inner problem: a name of unrolled.names(), or the import path "
+    "package.module:factory of a function returning an unrolled.Problem.")
 _PROBLEM_OPTION = flags.DEFINE_multi_string("problem_option", [], "key=value problem option.")
 _STORAGE = flags.DEFINE_string(
     "storage", None, "Optuna storage URL: journal:///PATH, sqlite:///PATH or "
@@ -284,17 +287,22 @@ def build_context():
     raise app.UsageError(f"--worker_trials must be >= 1, got {_WORKER.value}")
   if not 0 <= _SEED.value < _MAX_SEED:
     raise app.UsageError(f"--seed must be in [0, 2**32), got {_SEED.value}")
-  if _PROBLEM.value not in unrolled.names():
-    raise app.UsageError(f"--problem={_PROBLEM.value!r} is unknown; choose one of "
-                         f"{unrolled.names()}")
+  try:  # a registered name or an import path package.module:factory, before its options
+    unrolled.options(_PROBLEM.value)
+  except unrolled.ProblemError as e:
+    raise app.UsageError(f"--problem={e.name!r}{e.reason}") from None
   options = parse_problem_options(_PROBLEM_OPTION.value)
   try:
     problem = unrolled.get(_PROBLEM.value, **options)
+  except unrolled.ProblemError as e:
+    raise app.UsageError(f"--problem={e.name!r}{e.reason}") from None
   except (ValueError, TypeError) as e:
     raise app.UsageError(f"--problem_option: {e}") from None
   if _STUDY_NAME.value == "":
     raise app.UsageError("--study_name is empty; leave it out for <study>-<problem>")
-  name = _STUDY_NAME.value or f"{_STUDY.value}-{_PROBLEM.value}"
+  # An import path's ':' (and anything else a folder name must not hold) becomes '_'.
+  name = _STUDY_NAME.value or re.sub(r"[^A-Za-z0-9._+=-]", "_",
+                                     f"{_STUDY.value}-{_PROBLEM.value}")
   try:
     if _OUTPUT_DIR.value:
       output_dir = _OUTPUT_DIR.value

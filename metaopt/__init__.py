@@ -60,6 +60,11 @@ from metaopt._src.summary import coordinate_names
 from metaopt._src.summary import log_hyperparameters
 from metaopt._src.summary import log_tuner_info
 from metaopt._src.summary import SummaryWriter
+from metaopt._src.tune import META_OPTIMIZERS
+from metaopt._src.tune import RunFolderError
+from metaopt._src.tune import tune
+from metaopt._src.tune import TuneResult
+from metaopt._src.tune import TuningStopped
 from metaopt._src.tuner import Tuner
 from metaopt._src.tuner import tuner
 from metaopt._src.tuner import TunerState
@@ -100,6 +105,7 @@ __all__ = (
     "log_hyperparameters",
     "log_tuner_info",
     "make_folder",
+    "META_OPTIMIZERS",
     "nres",
     "NRESState",
     "parse_spec",
@@ -111,6 +117,7 @@ __all__ = (
     "remove_stale_temporaries",
     "ReinforceState",
     "rtrl",
+    "RunFolderError",
     "rtrl_elementwise",
     "RTRLElementwiseState",
     "RTRLState",
@@ -124,9 +131,12 @@ __all__ = (
     "timing",
     "truncated_es",
     "TruncatedESState",
+    "tune",
     "Tuner",
     "tuner",
     "TunerState",
+    "TuneResult",
+    "TuningStopped",
     "UnrolledSystem",
     "uoro",
     "UOROState",

@@ -21,7 +21,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import optuna
 
 import metaopt
@@ -68,7 +67,7 @@ def run_online(ctx, problem, estimator, seed):
   window = metaopt.window_length(estimator, problem.system, ctx.num_steps)
   per_outer = window * metaopt.copies_per_step(estimator, ctx.num_particles)
   outer_steps = max(1, ctx.budget // per_outer)
-  meta = {"sgd": optax.sgd, "adam": optax.adam}[ctx.meta_optimizer](ctx.meta_lr)
+  meta = metaopt.META_OPTIMIZERS[ctx.meta_optimizer](ctx.meta_lr)
   t = metaopt.tuner(est, meta)
   state = t.init(jax.random.key(seed), problem.theta)
   run = jax.jit(t.run, static_argnums=1)

@@ -32,6 +32,9 @@ PES = "--estimator=pes"
 CASES = {
     "tune": [
         (["--problem=mnist"], "problem"), (["--problem="], "problem"),
+        (["--problem=no_such_module_xyz:make"], "problem"),
+        (["--problem=unrolled:no_such_factory"], "problem"), (["--problem=unrolled:a:b"], "problem"),
+        (["--problem=unrolled.registry:names"], "problem"),  # returns a list, not a Problem
         (["--problem_option=widht=3"], "problem_option"),
         (["--problem_option=horizon=0"], "problem_option"),
         (["--problem_option=horizon=-5"], "problem_option"),

@@ -105,6 +105,64 @@ def test_adapter_refuses_bad_specs():
     unrolled.logit(1.5)
 
 
+@pytest.mark.parametrize("optimizer, spec, message", [
+    # optax recomputes a schedule given to inject_hyperparams: theta would do nothing
+    (optax.inject_hyperparams(optax.sgd)(learning_rate=optax.cosine_decay_schedule(0.1, 10)),
+     {"learning_rate": unrolled.log(0.1)}, "are optax schedules inside inject_hyperparams"),
+    (optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9, nesterov=True),
+     {"nesterov": unrolled.log(0.5)}, "'nesterov' is neither one of the optimiser's"),
+    # optax schedules that branch in Python on a traced value
+    (optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+     {"learning_rate": unrolled.scheduled(unrolled.schedules.Schedule(
+         jnp.array([0.1, 0.9]), lambda p, t: optax.exponential_decay(p[0], 10, p[1])(t),
+         "optax_exponential_decay"))}, "branches in Python on the value of its parameters"),
+    (optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+     {"learning_rate": unrolled.scheduled(unrolled.schedules.Schedule(
+         jnp.array([0.1]), lambda p, t: optax.warmup_cosine_decay_schedule(0.0, p[0], 2, 6)(t),
+         "optax_warmup_cosine"))}, "TracerBoolConversionError"),
+    (optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+     {"learning_rate": unrolled.scheduled(unrolled.schedules.Schedule(
+         jnp.ones(2), lambda p, t: jnp.exp(p), "vector"))}, "must give a float scalar"),
+])
+def test_what_cannot_be_tuned_is_refused_when_the_system_is_built(optimizer, spec, message):
+  kw = dict(loss_fn=lambda p, b: jnp.sum(p ** 2), sample_batch=lambda k: None,
+            init_params=lambda k: jnp.ones(2), horizon=HORIZON, meta_loss="train")
+  with pytest.raises(ValueError, match=message):
+    unrolled.optax_system(optimizer=optimizer, hyperparams=spec, **kw)
+
+
+def test_an_optax_schedule_whose_traced_argument_is_not_branched_on_is_tuned():
+  schedule = unrolled.schedules.Schedule(
+      jnp.array([np.log(0.1)], jnp.float32),
+      lambda p, t: optax.cosine_decay_schedule(jnp.exp(p[0]), HORIZON)(t), "optax_cosine")
+  problem = unrolled.optax_problem(
+      loss_fn=lambda p, b: jnp.sum((p - b) ** 2), sample_batch=lambda k: jax.random.normal(k, (2,)),
+      init_params=lambda k: jnp.ones(2), horizon=HORIZON, meta_loss="train",
+      optimizer=optax.inject_hyperparams(optax.sgd)(learning_rate=0.0),
+      hyperparams={"learning_rate": unrolled.scheduled(schedule)})
+  grad = metaopt.exact_grad(problem.system, problem.theta, jax.random.key(0), num_steps=HORIZON,
+                            num_windows=1)
+  assert np.all(np.isfinite(grad["learning_rate"])) and np.all(grad["learning_rate"] != 0)
+  values = problem.hyperparameters(problem.theta)
+  assert values["learning_rate_curve"].shape == (HORIZON,) and "learning_rate_knots" not in values
+  np.testing.assert_allclose(values["learning_rate"], 0.1, rtol=1e-6)
+
+
+def test_optax_problem_evaluates_validation_loss_and_the_users_metrics():
+  problem = unrolled.optax_problem(
+      loss_fn=lambda p, b: jnp.sum((p - b) ** 2), sample_batch=lambda k: jnp.zeros(2),
+      init_params=lambda k: jnp.ones(2), horizon=HORIZON, validation_batch=jnp.full(2, 3.0),
+      optimizer=optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+      hyperparams={"learning_rate": unrolled.log(0.1, per_group=True)},
+      metrics=lambda p: {"norm": jnp.linalg.norm(p)})
+  state = problem.system.init(jax.random.key(0), problem.theta)
+  out = problem.evaluate(state)
+  assert set(out) == {"train_loss", "validation_loss", "norm"} and problem.num_params == 2
+  np.testing.assert_allclose(out["validation_loss"], 8.0)
+  assert problem.theta["learning_rate"].shape == (1,)
+  assert "tuning learning_rate" in problem.description
+
+
 def test_train_meta_loss_is_the_minibatch_loss_before_the_step():
   opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
   system = unrolled.optax_system(

@@ -84,11 +84,57 @@ def test_num_params_counts_what_the_inner_loop_trains(name, trained):
 
 
 def test_registry_lists_and_refuses_clearly():
-  assert unrolled.names() == ["digits_mlp", "influence_balancing", "toy_regression"]
-  with pytest.raises(ValueError, match=r"unknown problem 'mnist'.*digits_mlp"):
+  # (a doctest registers one more)
+  assert {"digits_mlp", "influence_balancing", "toy_regression"} <= set(unrolled.names())
+  with pytest.raises(ValueError, match=r"problem 'mnist' is unknown.*digits_mlp"):
     unrolled.get("mnist")
   with pytest.raises(ValueError, match=r"unknown option.*'widht'.*width"):
     unrolled.get("digits_mlp", widht=3)
+
+
+def _factory_returning(value):
+  return lambda: value
+
+
+def test_problems_by_import_path_and_by_registered_name():
+  # an import path needs no registration; options are checked against the factory's signature
+  assert unrolled.options("unrolled.toy_regression:toy_regression") == unrolled.options(
+      "toy_regression")
+  assert unrolled.get("unrolled:digits_mlp", width=4, depth=1, horizon=10).num_params == 310
+  with pytest.raises(ValueError, match=r"unknown option.*'widht'"):
+    unrolled.get("unrolled:digits_mlp", widht=4)
+  unrolled.register("test_toy", unrolled.toy_regression)
+  unrolled.register("test_toy", unrolled.toy_regression)  # the same factory again is fine
+  assert "test_toy" in unrolled.names() and unrolled.get("test_toy").system.horizon == 100
+  with pytest.raises(ValueError, match="registered already"):
+    unrolled.register("test_toy", unrolled.digits_mlp)
+  with pytest.raises(ValueError, match="a problem name is"):
+    unrolled.register("a:b", unrolled.toy_regression)
+  with pytest.raises(ValueError, match="must be a function"):
+    unrolled.register("test_three", 3)
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("no_such_module_xyz:make", ": no module named 'no_such_module_xyz' (is its folder on"),
+    ("unrolled:no_such_factory", ": module 'unrolled' has no attribute 'no_such_factory'"),
+    ("unrolled:__doc__", ": '__doc__' is str"),
+    ("unrolled:a:b", ": an import path is 'package.module:factory'"),
+    ("mnist", " is unknown; choose one of"),
+    ("test_problems:_factory_returning", ": the factory returned"),
+])
+def test_a_bad_problem_path_is_a_problem_error_naming_it(name, reason):
+  with pytest.raises(unrolled.ProblemError) as e:
+    if name.endswith("_factory_returning"):  # a factory that returns the wrong thing
+      unrolled.register("test_returns_dict", _factory_returning({"system": None}))
+      unrolled.get("test_returns_dict")
+    else:
+      unrolled.get(name)
+  if name.endswith("_factory_returning"):
+    assert e.value.name == "test_returns_dict"
+    assert "returned dict, not an unrolled.Problem" in str(e.value)
+  else:
+    assert e.value.name == name and e.value.reason.startswith(reason), e.value.reason
+    assert str(e.value) == f"problem {name!r}{e.value.reason}"
 
 
 SMALL = {

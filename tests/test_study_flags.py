@@ -30,6 +30,9 @@ BAD = [
     ("--max_retry", ["--max_retry=-1"]),
     ("--worker_trials", ["--worker_trials=0"]),
     ("--problem", ["--problem=nope"]),
+    ("--problem", ["--problem=no_such_module_xyz:make"]),
+    ("--problem", ["--problem=unrolled:no_such_factory"]),
+    ("--problem", ["--problem=unrolled.registry:names"]),  # returns a list, not a Problem
     ("--problem_option", ["--problem_option=horizon"]),
     ("--problem_option", ["--problem_option=nope=1"]),
     ("--sigma_range", ["--sigma_range=abc"]),

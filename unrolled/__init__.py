@@ -13,18 +13,23 @@ from unrolled.optax_adapter import log
 from unrolled.optax_adapter import logit
 from unrolled.optax_adapter import natural_values
 from unrolled.optax_adapter import num_groups
+from unrolled.optax_adapter import optax_problem
 from unrolled.optax_adapter import optax_system
 from unrolled.optax_adapter import OptaxState
 from unrolled.optax_adapter import scheduled
 from unrolled.problem import Problem
+from unrolled.problem import tune_problem
 from unrolled.registry import get
 from unrolled.registry import names
 from unrolled.registry import options
 from unrolled.registry import parse_options
+from unrolled.registry import ProblemError
+from unrolled.registry import register
 from unrolled.toy_regression import toy_regression
 
 __all__ = (
     "digits_data", "digits_mlp", "get", "Hyperparameter", "influence_balancing", "initial_theta",
-    "log", "logit", "names", "natural_values", "num_groups", "optax_system", "OptaxState",
-    "options", "parse_options", "Problem", "scheduled", "schedules", "toy_regression",
+    "log", "logit", "names", "natural_values", "num_groups", "optax_problem", "optax_system",
+    "OptaxState", "options", "parse_options", "Problem", "ProblemError", "register", "scheduled",
+    "schedules", "toy_regression", "tune_problem",
 )

@@ -128,31 +128,13 @@ def digits_mlp(*, width: int = 128, depth: int = 2, optimizer: str = "sgd_moment
     idx = jax.random.randint(key, (batch_size,), 0, x_train.shape[0])
     return x_train[idx], y_train[idx]
 
-  init_params = lambda key: mlp_init(key, sizes)
-  system = optax_adapter.optax_system(
-      loss_fn=cross_entropy, sample_batch=sample_batch, init_params=init_params,
-      optimizer=opt, hyperparams=spec, horizon=horizon, validation_batch=validation,
-      meta_loss=meta_loss)
-  theta = optax_adapter.initial_theta(spec, optax_adapter.num_groups(init_params))
   num_params = sum(m * n + n for m, n in zip(sizes[:-1], sizes[1:]))
-
-  def hyperparameters(th):
-    out = optax_adapter.natural_values(spec, th, jnp.zeros((), jnp.int32))
-    if make_schedule is not None:
-      out["learning_rate_curve"] = jax.vmap(
-          lambda t: optax_adapter.natural_values(spec, th, t)["learning_rate"])(jnp.arange(horizon))
-      out["learning_rate_knots"] = make_schedule.knots
-    return out
-
-  def evaluate(state):
-    logits = mlp_logits(state.params, validation[0])
-    return {"train_loss": state.train_loss,
-            "validation_loss": cross_entropy(state.params, validation),
-            "validation_accuracy": jnp.mean(jnp.argmax(logits, -1) == validation[1])}
-
-  return Problem(
-      system=system, theta=theta,
+  accuracy = lambda params: {"validation_accuracy": jnp.mean(
+      jnp.argmax(mlp_logits(params, validation[0]), -1) == validation[1])}
+  return optax_adapter.optax_problem(
+      loss_fn=cross_entropy, sample_batch=sample_batch,
+      init_params=lambda key: mlp_init(key, sizes), optimizer=opt, hyperparams=spec,
+      horizon=horizon, validation_batch=validation, meta_loss=meta_loss, metrics=accuracy,
       description=(f"Digits MLP {'-'.join(map(str, sizes))} ({num_params} parameters), "
                    f"{optimizer}, {schedule} learning-rate schedule, horizon {horizon}, "
-                   f"batch {batch_size}, meta-loss {meta_loss}."),
-      hyperparameters=hyperparameters, evaluate=evaluate, num_params=num_params)
+                   f"batch {batch_size}, meta-loss {meta_loss}."))

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 
 import metaopt
+from unrolled.problem import Problem
 from unrolled.schedules import Schedule
 
 # Names the adapter implements itself (the rest must be the optimiser's own hyperparameters).
@@ -170,6 +171,15 @@ def optax_system(*, loss_fn: Callable, sample_batch: Callable, init_params: Call
       raise ValueError(f"hyperparameter {name!r} is neither one of the optimiser's "
                        f"{sorted(opt_names)} nor one the adapter implements {sorted(own)}")
   in_optimizer = [n for n in hyperparams if n in opt_names]
+  scheduled_by_optax = sorted(set(in_optimizer) & set(getattr(opt_shape, "hyperparams_states", {})))
+  if scheduled_by_optax:
+    raise ValueError(f"hyperparameter(s) {scheduled_by_optax} are optax schedules inside "
+                     "inject_hyperparams: optax recomputes them from its step count every "
+                     "update, so theta would have no effect. Pass a number there and tune a schedule with "
+                     "unrolled.scheduled(...)")
+  for name, h in hyperparams.items():
+    if h.transform == "schedule":
+      _check_schedule(name, h.schedule)
   grouped = any(hyperparams[n].per_group for n in in_optimizer)
   if grouped:
     opt = optax.multi_transform({g: optimizer for g in groups}, label_fn)
@@ -230,7 +240,86 @@ def optax_system(*, loss_fn: Callable, sample_batch: Callable, init_params: Call
   return system
 
 
+def _check_schedule(name: str, schedule: Schedule) -> None:
+  """A schedule must trace with its parameters traced (they are theta) and give a scalar."""
+  if not isinstance(schedule, Schedule):
+    raise ValueError(f"hyperparameter {name!r}: unrolled.scheduled takes an unrolled.schedules."
+                     f"Schedule(params, fn, name), got {type(schedule).__name__}")
+  try:
+    out = jax.eval_shape(lambda p: schedule(p, jnp.zeros((), jnp.int32)), schedule.params)
+  except jax.errors.ConcretizationTypeError as e:
+    raise ValueError(
+        f"hyperparameter {name!r}: schedule {schedule.name!r} branches in Python on the value of "
+        f"its parameters, which are traced as theta ({type(e).__name__}); write it in pure jnp "
+        "(jnp.where, not if), e.g. with unrolled.schedules") from None
+  if out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
+    raise ValueError(f"hyperparameter {name!r}: schedule {schedule.name!r} must give a float "
+                     f"scalar, gives {out.dtype}{list(out.shape)}")
+
+
 def num_groups(init_params: Callable, param_groups: Callable | None = None) -> int:
   """How many parameter groups per-group hyperparameters have for these parameters."""
   labels = (param_groups or _default_groups)(jax.eval_shape(init_params, jax.random.key(0)))
   return len(dict.fromkeys(jax.tree.leaves(labels)))
+
+
+def optax_problem(*, loss_fn: Callable, sample_batch: Callable, init_params: Callable,
+                  optimizer: optax.GradientTransformation,
+                  hyperparams: Mapping[str, Hyperparameter], horizon: int,
+                  validation_batch: Any = None, meta_loss: str = "validation",
+                  param_groups: Callable | None = None,
+                  metrics: Callable[[Any], Mapping[str, Any]] | None = None,
+                  description: str | None = None) -> Problem:
+  """A user's optax training loop as an :class:`~unrolled.Problem`: ready for
+  ``metaopt.tune``, :func:`~unrolled.tune_problem` and ``--problem=module:factory``.
+
+  The system is :func:`optax_system` of the same arguments; theta starts at
+  the spec's initial values (:func:`initial_theta`); ``hyperparameters(theta)``
+  gives each value in natural units at inner step 0 and each schedule's curve
+  over the horizon (``<name>_curve``, ``(G, horizon)`` per group, and
+  ``<name>_knots``) for the progress lines and TensorBoard.
+
+  Args:
+    loss_fn, sample_batch, init_params, optimizer, hyperparams, horizon,
+      validation_batch, meta_loss, param_groups: as for :func:`optax_system`.
+    metrics: ``metrics(params) -> dict`` of scalars of the trained parameters
+      (e.g. validation accuracy), logged with ``train_loss`` and (given a
+      validation batch) ``validation_loss``.
+    description: one paragraph for the logs (default: what is tuned).
+
+  Returns:
+    The :class:`~unrolled.Problem`; ``num_params`` counts ``init_params``'s numbers.
+  """
+  if metrics is not None and not callable(metrics):
+    raise ValueError(f"metrics must be a function of the parameters, got {type(metrics).__name__}")
+  system = optax_system(loss_fn=loss_fn, sample_batch=sample_batch, init_params=init_params,
+                        optimizer=optimizer, hyperparams=hyperparams, horizon=horizon,
+                        validation_batch=validation_batch, meta_loss=meta_loss,
+                        param_groups=param_groups)
+  theta = initial_theta(hyperparams, num_groups(init_params, param_groups))
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+      jax.eval_shape(init_params, jax.random.key(0))))
+
+  def hyperparameters(th):
+    out = natural_values(hyperparams, th, jnp.zeros((), jnp.int32))
+    for name, h in hyperparams.items():
+      if h.transform == "schedule":
+        curve = jax.vmap(lambda t, n=name: natural_values({n: h}, th, t)[n])(jnp.arange(horizon))
+        out[f"{name}_curve"] = jnp.moveaxis(curve, 0, -1)  # (horizon,) or (G, horizon)
+        if h.schedule.knots is not None:
+          out[f"{name}_knots"] = h.schedule.knots
+    return out
+
+  def evaluate(state):
+    out = {"train_loss": state.train_loss}
+    if validation_batch is not None:
+      out["validation_loss"] = loss_fn(state.params, validation_batch)
+    out.update(metrics(state.params) if metrics is not None else {})
+    return out
+
+  return Problem(
+      system=system, theta=theta, hyperparameters=hyperparameters, evaluate=evaluate,
+      num_params=num_params,
+      description=description or (
+          f"An optax training loop ({num_params} parameters, horizon {horizon}, meta-loss "
+          f"{meta_loss}), tuning {', '.join(hyperparams)}."))

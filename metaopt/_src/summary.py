@@ -355,11 +355,12 @@ def log_hyperparameters(writer: SummaryWriter, values: Mapping[str, object], ste
 
   A scalar ``<name>`` goes to ``hyperparameters/<name>``, an array to
   ``hyperparameters/<name>/<i>``. A schedule comes as ``<name>_curve`` (its
-  value at every inner step), optionally with ``<name>_knots`` (the inner steps
-  of its knots): the curve stands for an array ``<name>``, its values at the
-  knots go to ``schedule/knot_<k>`` (``schedule/<name>/knot_<k>`` when there
-  are several schedules) and, if ``image``, the curve to the image
-  ``schedule/<name>`` (log scale).
+  value at every inner step; ``(G, horizon)`` for one schedule per parameter
+  group), optionally with ``<name>_knots`` (the inner steps of its knots): the
+  curve stands for an array ``<name>``, its values at the knots go to
+  ``schedule/knot_<k>`` (``schedule/<name>/knot_<k>`` when there are several
+  schedules; ``.../knot_<k>/<g>`` per group) and, if ``image``, the curve to
+  the image ``schedule/<name>`` (log scale, a line per group).
 
   Examples:
     >>> import numpy as np, tempfile, metaopt
@@ -382,10 +383,12 @@ def log_hyperparameters(writer: SummaryWriter, values: Mapping[str, object], ste
   for name in schedules:
     curve, knots = np.asarray(values[f"{name}_curve"]), values.get(f"{name}_knots")
     prefix = "schedule/" if len(schedules) == 1 else f"schedule/{name}/"
+    rows = curve.reshape(-1, curve.shape[-1])  # one schedule per parameter group: (G, horizon)
     if knots is not None:  # log-linear between inner steps, as the schedules interpolate
-      knot_values = np.exp(np.interp(np.asarray(knots), np.arange(curve.shape[-1]), np.log(curve)))
-      for k, v in enumerate(knot_values.reshape(-1)):
-        writer.scalar(f"{prefix}knot_{k}", v, step)
+      for g, row in enumerate(rows):
+        knot_values = np.exp(np.interp(np.asarray(knots), np.arange(row.shape[-1]), np.log(row)))
+        for k, v in enumerate(knot_values.reshape(-1)):
+          writer.scalar(f"{prefix}knot_{k}" + (f"/{g}" if curve.ndim > 1 else ""), v, step)
     if image:
-      writer.curve(f"schedule/{name}", np.arange(curve.shape[-1]), curve, step,
+      writer.curve(f"schedule/{name}", np.arange(curve.shape[-1]), rows.T, step,
                    xlabel="inner step", ylabel=name.replace("_", " "), log_y=True)

@@ -1,0 +1,441 @@
+"""The front-door job in one call: tune theta online, with progress, TensorBoard, checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from metaopt._src import base
+from metaopt._src import checkpoint
+from metaopt._src import files
+from metaopt._src import horizon
+from metaopt._src import memory
+from metaopt._src import registry
+from metaopt._src import summary
+from metaopt._src import tuner as tuner_lib
+
+# Meta-optimisers by name (``meta_optimizer="adam"`` with ``meta_lr``).
+META_OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
+    "sgd": optax.sgd, "adam": optax.adam, "rmsprop": optax.rmsprop,
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9)}
+# Files of a run folder.
+CHECKPOINT, CONFIG, SUMMARY = "checkpoint.npz", "config.json", "summary.json"
+# Outer steps per jitted call at most (a call is one host round trip for the logs).
+MAX_STEPS_PER_CALL = 25
+
+
+class TuneResult(NamedTuple):
+  """What :func:`tune` returns.
+
+  Attributes:
+    theta: the tuned hyperparameters (theta's own structure).
+    state: the final :class:`~metaopt.TunerState` (resume or continue from it).
+    summary: what ``summary.json`` holds: ``config``, ``outer_steps``,
+      ``num_skipped``, flat ``theta`` and ``theta_names``,
+      ``hyperparameters`` (natural units), and with ``compare=True``
+      ``untuned`` and ``tuned`` (one fresh horizon each, same keys).
+    logdir: the run folder, or None.
+  """
+  theta: Any
+  state: tuner_lib.TunerState
+  summary: dict
+  logdir: str | None
+
+
+class RunFolderError(ValueError):
+  """The run folder cannot be used: locked, a link, or a run of another configuration."""
+
+
+class TuningStopped(RuntimeError):
+  """More than ``max_skipped`` outer steps were non-finite; the checkpoint holds the last theta.
+
+  Attributes:
+    step: the outer step it stopped at.
+    num_skipped: the non-finite outer steps so far.
+    theta: theta's last finite value, flat.
+  """
+
+  def __init__(self, step: int, num_skipped: int, max_skipped: int, theta: np.ndarray):
+    self.step, self.num_skipped, self.theta = step, num_skipped, theta
+    super().__init__(
+        f"stopped at outer step {step}: {num_skipped} outer steps had non-finite hypergradients "
+        f"or inner losses (limit max_skipped={max_skipped}); theta stayed at its last finite "
+        f"value {theta}. Lower the meta learning rate or set max_grad_norm.")
+
+
+def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estimator = "rtrl",
+         num_steps: int = 10, num_particles: int = 8, sigma: float = 0.01,
+         meta_optimizer: str | optax.GradientTransformation = "adam", meta_lr: float = 1e-2,
+         max_grad_norm: float | None = None, outer_steps: int = 100, num_chains: int = 1,
+         seed: int = 0, logdir: str | os.PathLike | None = None, checkpoint_every: int = 100,
+         log_every: int = 0, image_every: int = 0, max_skipped: int = 100,
+         evaluate: Callable[[Any], Mapping[str, Any]] | None = None,
+         hyperparameters: Callable[[Any], Mapping[str, Any]] | None = None,
+         compare: bool = True, description: str | None = None,
+         config: Mapping[str, Any] | None = None, verbose: bool = True) -> TuneResult:
+  """Tunes ``theta`` online on ``system``: the job of ``python -m launch.tune``, from Python.
+
+  Every outer step runs one window of each chain's estimator and one
+  meta-optimiser step (:func:`~metaopt.tuner`). Around it, as the launch
+  script does: a progress line ~20 times (window loss, hyperparameters, ETA),
+  TensorBoard logs in ``logdir`` (:func:`~metaopt.log_tuner_info`,
+  :func:`~metaopt.log_hyperparameters`, ``eval/*`` from ``evaluate`` and an
+  hparams session), a checkpoint every ``checkpoint_every`` outer steps,
+  ``config.json`` and ``summary.json``. Calling it again with the same
+  ``logdir`` and configuration resumes from the last checkpoint and ends
+  bit-identical to an uninterrupted run; a logdir of another configuration,
+  one locked by another process or a symbolic link where the run writes is
+  refused before any compute. Without ``logdir`` nothing is written.
+
+  Args:
+    system: the inner loop, a :class:`~metaopt.UnrolledSystem` (for an optax
+      training loop, ``unrolled.optax_system`` builds one).
+    theta: the initial hyperparameters (a pytree of float arrays).
+    estimator: a spec of :data:`~metaopt.ESTIMATORS` (``"uoro[rank=4]"``) or
+      an :class:`~metaopt.Estimator` already built on ``system``.
+    num_steps, num_particles, sigma: the spec's shared options
+      (:func:`~metaopt.get_estimator`). For a built estimator, ``num_steps``
+      is the inner steps of its window (for the per-step loss) and the others
+      are ignored.
+    meta_optimizer: a name of ``META_OPTIMIZERS`` (then ``meta_lr`` is its
+      learning rate) or any ``optax.GradientTransformation``.
+    meta_lr: the learning rate of a named meta-optimiser.
+    max_grad_norm: clip the averaged hypergradient's global norm (optax).
+    outer_steps: outer steps in all (a resumed run continues up to it).
+    num_chains: independent estimator chains, averaged.
+    seed: the same seed gives the same run.
+    logdir: the run folder (made if missing), or None to write nothing.
+    checkpoint_every: outer steps between checkpoints.
+    log_every: outer steps between progress lines (0: ~20 lines).
+    image_every: outer steps between schedule images (0: ~10).
+    max_skipped: stop (:class:`TuningStopped`) once more outer steps than
+      this had non-finite hypergradients or losses.
+    evaluate: ``evaluate(inner_state) -> dict`` of scalars (e.g. validation
+      accuracy), logged as ``eval/<name>`` on chain 0's inner state (particle
+      0's for particle estimators) and, with ``compare``, after one fresh
+      horizon.
+    hyperparameters: ``hyperparameters(theta) -> dict`` in natural units
+      (a schedule as ``<name>_curve`` and ``<name>_knots``); default: theta's
+      own leaves.
+    compare: at the end, train one fresh horizon with the initial and with the
+      tuned theta on the same keys and print both.
+    description: one paragraph printed first.
+    config: more values that define this run (e.g. how the system was
+      built): written to ``config.json`` with the call's own settings, and a
+      logdir holding other values is refused. Name a custom meta-optimiser or
+      estimator here: only their state's shapes are checked otherwise.
+    verbose: print progress lines and the comparison.
+
+  Returns:
+    A :class:`TuneResult`.
+
+  Raises:
+    ValueError: for a bad argument, before any compute or file written.
+    RunFolderError: (a ValueError) if ``logdir`` cannot be used.
+    metaopt.checkpoint.CheckpointError: for a damaged or foreign checkpoint.
+    TuningStopped: after more than ``max_skipped`` non-finite outer steps.
+
+  Examples:
+    >>> import jax.numpy as jnp, metaopt
+    >>> system = metaopt.UnrolledSystem(
+    ...     init=lambda key, th: jnp.ones(2),
+    ...     step=lambda s, th, key: (0.5 * s + th, jnp.sum((s - 1.0) ** 2)), horizon=4)
+    >>> result = metaopt.tune(system, jnp.float32(0.0), estimator="rtrl", num_steps=2,
+    ...                       meta_optimizer="sgd", meta_lr=0.01, outer_steps=20,
+    ...                       verbose=False)
+    >>> bool(result.theta > 0.0)  # the fixed point 2 * theta moves towards 1
+    True
+  """
+  base.check_system(system)
+  base.check_theta(theta)
+  base.check_finite_theta(theta)
+  spec = estimator if isinstance(estimator, str) else None
+  if spec is not None:
+    est = registry.get_estimator(spec, system, num_steps=num_steps,
+                                 num_particles=num_particles, sigma=sigma)
+    window = registry.window_length(spec, system, num_steps)
+  else:
+    base.check_estimator(estimator)
+    est, window = estimator, base.check_count(num_steps, "num_steps")
+  if isinstance(meta_optimizer, str):
+    if meta_optimizer not in META_OPTIMIZERS:
+      raise ValueError(f"meta_optimizer={meta_optimizer!r} is unknown; choose one of "
+                       f"{sorted(META_OPTIMIZERS)} or pass an optax.GradientTransformation")
+    meta_lr = base.check_float(meta_lr, "meta_lr")
+    outer_opt = META_OPTIMIZERS[meta_optimizer](meta_lr)
+  else:
+    outer_opt = meta_optimizer
+  outer_steps = base.check_count(outer_steps, "outer_steps")
+  checkpoint_every = base.check_count(checkpoint_every, "checkpoint_every")
+  for value, name in ((log_every, "log_every"), (image_every, "image_every"),
+                      (max_skipped, "max_skipped")):
+    base.check_count(value, name, minimum=0)
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+    raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+  for fn, name in ((evaluate, "evaluate"), (hyperparameters, "hyperparameters")):
+    if fn is not None and not callable(fn):
+      raise ValueError(f"{name} must be a function, got {base.describe(fn)}")
+  t = tuner_lib.tuner(est, outer_opt, num_chains=num_chains, max_grad_norm=max_grad_norm)
+  memory.check_memory(est, theta, num_chains=num_chains, what="num_chains")
+  init = lambda: jax.jit(t.init)(jax.random.key(seed), theta)
+  state_shape = jax.eval_shape(init)
+  if evaluate is not None and not hasattr(state_shape.estimator_state, "inner"):
+    raise ValueError("evaluate needs an estimator state with an `inner` field (the inner "
+                     "state); this estimator's state has none")
+  run_config = _run_config(spec, num_steps, num_particles, sigma, meta_optimizer, meta_lr,
+                           max_grad_norm, num_chains, seed, checkpoint_every, theta, config)
+  hyperparameters = hyperparameters or _own_leaves
+
+  lock, resuming, logdir = None, False, None if logdir is None else os.fspath(logdir)
+  try:
+    if logdir is not None:
+      lock, resuming = _claim(logdir, run_config)
+    start, state = 0, None
+    checkpoint_path = None if logdir is None else os.path.join(logdir, CHECKPOINT)
+    if resuming and os.path.exists(checkpoint_path):
+      # Into the state's shapes alone: a damaged or foreign checkpoint costs no compute.
+      state = checkpoint.restore(checkpoint_path, state_shape, config=run_config)
+      start = int(state.step)
+      _say(verbose, f"resuming {logdir} from outer step {start}")
+    else:
+      state = init()
+    writer = (summary.SummaryWriter(logdir, resume_step=start + 1 if resuming else None)
+              if logdir is not None else None)
+    try:
+      state, wall = _outer_loop(
+          t, state, start, outer_steps, system=system, theta0=theta, window=window,
+          evaluate=evaluate, hyperparameters=hyperparameters, writer=writer,
+          checkpoint_path=checkpoint_path, run_config=run_config,
+          checkpoint_every=checkpoint_every, log_every=log_every or max(1, outer_steps // 20),
+          image_every=image_every or max(1, outer_steps // 10), max_skipped=max_skipped,
+          header=(f"{description + chr(10) if description else ''}estimator "
+                  f"{spec or 'custom'} (window {window}), {num_chains} chain(s), "
+                  f"{_describe_optimizer(meta_optimizer, meta_lr)}, {outer_steps} outer steps"
+                  f"{'; logdir ' + logdir if logdir else ''}"),
+          verbose=verbose)
+      result = _finish(system, theta, state, seed=seed, evaluate=evaluate,
+                       hyperparameters=hyperparameters, compare=compare, run_config=run_config,
+                       wall=wall, writer=writer, logdir=logdir, verbose=verbose)
+    finally:
+      if writer is not None:
+        writer.close()
+    return result
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _outer_loop(t, state, start, outer_steps, *, system, theta0, window, evaluate,
+                hyperparameters, writer, checkpoint_path, run_config, checkpoint_every,
+                log_every, image_every, max_skipped, header, verbose):
+  """The outer steps from ``start``, in jitted calls that never straddle a checkpoint."""
+  names = summary.coordinate_names(theta0)
+  chunk = steps_per_call(checkpoint_every)
+  run = jax.jit(t.run, static_argnums=1)
+  unravel = base.ravel(theta0)[1]
+  natural = jax.jit(jax.vmap(lambda flat: hyperparameters(unravel(flat))))
+  template = jax.eval_shape(system.init, jax.random.key(0), theta0)
+  evaluate_one = jax.jit(lambda s: evaluate(_one_inner_state(s.estimator_state.inner, template))
+                         ) if evaluate else None
+  _say(verbose, header)
+  wall_start, steps_done, step = time.time(), 0, start
+  while step < outer_steps:
+    n = min(chunk - step % chunk, outer_steps - step)
+    state, infos = run(state, n)
+    infos, hyper = jax.device_get((infos, natural(infos["theta"])))
+    if writer is not None:
+      for i, s in enumerate(range(step + 1, step + n + 1)):
+        summary.log_tuner_info(writer, {k: v[i] for k, v in infos.items()}, s, names=names,
+                               window=window)
+        summary.log_hyperparameters(writer, {k: v[i] for k, v in hyper.items()}, s,
+                                    image=s % image_every == 0 or s == 1)
+      for k, v in (jax.device_get(evaluate_one(state)) if evaluate_one else {}).items():
+        writer.scalar(f"eval/{k}", v, step + n)
+    step += n
+    steps_done += n
+    skipped = int(infos["num_skipped"][-1])
+    if checkpoint_path is not None and (step % checkpoint_every == 0 or step == outer_steps
+                                        or skipped > max_skipped):
+      writer.flush()
+      checkpoint.save(checkpoint_path, state, config=run_config)
+    if skipped > max_skipped:
+      raise TuningStopped(step, skipped, max_skipped, np.asarray(infos["theta"][-1]))
+    if step % log_every < n or step == outer_steps:
+      eta = (time.time() - wall_start) / steps_done * (outer_steps - step)
+      hp = ", ".join(f"{k}={_short(v[-1])}" for k, v in hyper.items()
+                     if not k.endswith(("_curve", "_knots")))
+      _say(verbose, f"step {step}/{outer_steps} | window loss {float(infos['loss'][-1]):.4g} | "
+           f"{hp} | skipped {skipped} | ETA {eta:.0f}s")
+  return state, time.time() - wall_start
+
+
+def _finish(system, theta0, state, *, seed, evaluate, hyperparameters, compare, run_config, wall,
+            writer, logdir, verbose):
+  """The summary (and its file), the untuned-vs-tuned comparison and the hparams session."""
+  out = {"config": run_config, "outer_steps": int(state.step),
+         "num_skipped": int(state.num_skipped),
+         "theta": np.asarray(base.ravel(state.theta)[0]).tolist(),
+         "theta_names": summary.coordinate_names(theta0),
+         "hyperparameters": jax.device_get(hyperparameters(state.theta)),
+         "wall_seconds_this_process": wall}
+  if compare:
+    # One fresh horizon per theta on the same keys: the difference is the tuning's alone.
+    one = jax.jit(lambda th: horizon.evaluate_horizon(
+        system, th, jax.random.key(seed + 1), evaluate=evaluate))
+    out["untuned"], out["tuned"] = (
+        {k: float(v) for k, v in jax.device_get(one(th)).items()} for th in (theta0, state.theta))
+    if verbose:
+      print_comparison(out["untuned"], out["tuned"], hyperparameters(theta0),
+                       hyperparameters(state.theta))
+  if writer is not None:
+    metrics = {f"final/{k}": float(v) for k, v in out.get("tuned", {}).items()}
+    metrics["final/num_skipped"] = float(state.num_skipped)
+    writer.hparams({k: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+                    for k, v in run_config.items()}, metrics, int(state.step),
+                   trial_id=os.path.basename(os.path.abspath(logdir)))
+    writer.close()
+    files.write_atomic(os.path.join(logdir, SUMMARY), _to_json(out))
+    _say(verbose, f"summary written to {os.path.join(logdir, SUMMARY)}")
+  return TuneResult(state.theta, state, out, logdir)
+
+
+def _run_config(spec, num_steps, num_particles, sigma, meta_optimizer, meta_lr,
+                max_grad_norm, num_chains, seed, checkpoint_every, theta, extra):
+  """What defines the run (config.json; a logdir holding other values is refused)."""
+  own = {"estimator": spec or "custom"}
+  if spec is not None:
+    own.update(num_steps=num_steps, num_particles=num_particles, sigma=sigma)
+  own["num_chains"] = num_chains
+  if isinstance(meta_optimizer, str):
+    own.update(meta_optimizer=meta_optimizer, meta_lr=meta_lr)
+  else:
+    own["meta_optimizer"] = "custom"
+  own.update(max_grad_norm=max_grad_norm, seed=int(seed), checkpoint_every=checkpoint_every)
+  flat = np.asarray(base.ravel(theta)[0])
+  # The initial theta, as a digest: a resumed run must start from the same values.
+  own["theta_init"] = hashlib.sha256(flat.tobytes() + str(flat.dtype).encode()).hexdigest()[:16]
+  if extra is not None:
+    if not isinstance(extra, Mapping):
+      raise ValueError(f"config must be a dict, got {base.describe(extra)}")
+    clash = sorted(k for k in extra if k in own and extra[k] != own[k])
+    if clash:
+      raise ValueError(f"config sets {clash}, which tune's own arguments set differently")
+    own = {**extra, **own}
+  try:  # JSON values only: a str() of an object (its address) would never match on resume
+    return json.loads(json.dumps(own, default=lambda x: x.tolist() if isinstance(
+        x, (np.ndarray, np.generic)) else _not_json(x)))
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config must hold JSON values (numbers, strings, lists, dicts): {e}"
+                     ) from None
+
+
+def _not_json(x):
+  raise TypeError(f"{type(x).__name__} {x!r} is not one")
+
+
+def _claim(logdir, run_config):
+  """Makes and locks the logdir, then writes config.json or checks the one there.
+
+  Returns (lock, whether a run is resumed).
+  """
+  try:
+    files.make_folder(logdir)
+    lock = files.lock_folder(logdir)  # a second process on this logdir is refused
+  except OSError as e:
+    raise RunFolderError(_os_message(logdir, e)) from None
+  try:
+    files.remove_stale_temporaries(logdir)  # ours alone now: what killed runs left behind
+    # Refused now, not when written after the run's compute.
+    files.refuse_links(logdir, (CONFIG, CHECKPOINT, SUMMARY))
+    path = os.path.join(logdir, CONFIG)
+    if os.path.exists(path):
+      try:
+        with open(path) as f:
+          old = json.load(f)
+      except (OSError, ValueError) as e:
+        raise RunFolderError(f"logdir {logdir!r}: {CONFIG} is unreadable ({e}); delete it (and "
+                             "the checkpoint) or pick another logdir") from None
+      diff = {k: (old.get(k), v) for k, v in run_config.items() if old.get(k) != v}
+      diff.update({k: (v, None) for k, v in old.items() if k not in run_config})
+      if diff:
+        details = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+        raise RunFolderError(f"logdir {logdir!r} holds a run of a different configuration "
+                             f"({details}); pick another logdir to start a new run")
+      return lock, True
+    if os.path.exists(os.path.join(logdir, CHECKPOINT)):
+      raise RunFolderError(f"logdir {logdir!r} has a checkpoint but no {CONFIG}; refusing to "
+                           "overwrite it")
+    files.write_atomic(path, _to_json(run_config))
+    return lock, False
+  except OSError as e:
+    lock.release()
+    raise RunFolderError(_os_message(logdir, e)) from None
+  except BaseException:
+    lock.release()
+    raise
+
+
+def _os_message(logdir, e):
+  if e.filename and e.strerror and str(e.filename) not in e.strerror:
+    return f"logdir {logdir!r}: {e.strerror} ({e.filename})"
+  return f"logdir {logdir!r}: {e.strerror or e}"
+
+
+def steps_per_call(checkpoint_every: int) -> int:
+  """The largest divisor of checkpoint_every up to MAX_STEPS_PER_CALL: calls never straddle a
+  checkpoint, so a resumed run makes exactly the calls an uninterrupted one makes."""
+  return max(d for d in range(1, min(checkpoint_every, MAX_STEPS_PER_CALL) + 1)
+             if checkpoint_every % d == 0)
+
+
+def _one_inner_state(inner, template):
+  """Chain 0's inner state (particle 0's where the estimator stacks one per particle): leading
+  axes are dropped down to the rank a fresh ``system.init`` state has."""
+  return jax.tree.map(lambda x, like: x[(0,) * (x.ndim - len(like.shape))], inner, template)
+
+
+def _own_leaves(theta):
+  return theta if isinstance(theta, Mapping) else {"theta": theta}
+
+
+def _describe_optimizer(meta_optimizer, meta_lr):
+  return f"{meta_optimizer}(lr={meta_lr})" if isinstance(meta_optimizer, str) else "custom"
+
+
+def _say(verbose, line):
+  if verbose:
+    print(line, flush=True)
+
+
+def _to_json(obj) -> str:
+  return json.dumps(obj, indent=2, default=lambda x: x.tolist() if isinstance(
+      x, (np.ndarray, np.generic)) else str(x))
+
+
+def _short(v):
+  v = np.asarray(v)
+  return f"{float(v):.4g}" if v.ndim == 0 else "[" + " ".join(f"{x:.3g}" for x in v.ravel()) + "]"
+
+
+def print_comparison(untuned: Mapping[str, float], tuned: Mapping[str, float],
+                     hyper0: Mapping[str, Any], hyper: Mapping[str, Any]) -> None:
+  """Prints the untuned-vs-tuned table and each hyperparameter before and after."""
+  print("\none horizon of inner training, same keys:")
+  print(f"{'':24s}{'untuned':>14s}{'tuned':>14s}")
+  for k in untuned:
+    print(f"{k:24s}{untuned[k]:14.5g}{tuned[k]:14.5g}")
+  for k in hyper:
+    a, b = np.asarray(hyper0[k]), np.asarray(hyper[k])
+    if k.endswith("_curve"):  # a schedule: six points over the horizon
+      idx = np.linspace(0, a.shape[-1] - 1, 6).astype(int)
+      print(f"{k[:-len('_curve')].replace('_', '-')} schedule at inner steps {idx.tolist()}:")
+      print(f"  untuned {_short(a[..., idx])}\n  tuned   {_short(b[..., idx])}")
+    elif not k.endswith("_knots"):
+      print(f"{k}: untuned {_short(a)}, tuned {_short(b)}")

@@ -1,0 +1,179 @@
+"""metaopt.tune, the front-door job from Python: same θ as launch.tune, resume, refusals, logs."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+import metaopt
+import unrolled
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYSTEM = metaopt.UnrolledSystem(
+    init=lambda key, th: jnp.ones(2) * jnp.exp(th), horizon=4,
+    step=lambda s, th, key: (0.5 * s + th + 0.01 * jax.random.normal(key, (2,)),
+                             jnp.sum((s - 1.0) ** 2)))
+QUIET = dict(num_steps=2, meta_optimizer="sgd", meta_lr=0.01, verbose=False)
+
+
+def tags(logdir):
+  acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  return acc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator, extra", [
+    ("uoro", ["--num_chains=2"]), ("pes", ["--num_particles=4", "--sigma=0.1"])])
+def test_launch_tune_and_metaopt_tune_give_bit_identical_theta(estimator, extra, tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "launch.tune", "--problem=influence_balancing",
+       "--problem_option=horizon=20", f"--estimator={estimator}", "--num_steps=5",
+       "--outer_steps=6", "--checkpoint_every=3", "--seed=3", "--meta_lr=0.003",
+       f"--logdir={tmp_path / 'launch'}", *extra],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  launched = json.load(open(tmp_path / "launch" / "summary.json"))
+
+  problem = unrolled.get("influence_balancing", horizon=20)
+  options = dict(a.lstrip("-").split("=") for a in extra)
+  result = metaopt.tune(problem.system, problem.theta, estimator=estimator, num_steps=5,
+                        outer_steps=6, checkpoint_every=3, seed=3, meta_lr=0.003,
+                        logdir=tmp_path / "python", num_chains=int(options.get("num_chains", 1)),
+                        num_particles=int(options.get("num_particles", 8)),
+                        sigma=float(options.get("sigma", 0.01)), verbose=False)
+  flat = np.asarray(jax.flatten_util.ravel_pytree(result.theta)[0]).tolist()
+  assert flat == launched["theta"] and result.summary["theta"] == launched["theta"]
+  assert flat != problem.theta.tolist()  # it moved
+  assert result.summary["tuned"] == launched["tuned"]
+
+
+@pytest.mark.parametrize("estimator", ["full_bptt", "tbptt", "rtrl", "uoro", "pes",
+                                       "truncated_es"])
+def test_every_estimator_tunes_and_logs(estimator, tmp_path):
+  problem = unrolled.get("influence_balancing", horizon=20)
+  result = unrolled.tune_problem(problem, estimator=estimator, num_steps=5, num_particles=4,
+                                 sigma=0.1, outer_steps=8, checkpoint_every=4,
+                                 meta_optimizer="sgd", meta_lr=1e-4, logdir=tmp_path,
+                                 verbose=False)
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["outer_steps"] == 8 and np.isfinite(summary["theta"]).all()
+  assert summary["theta"] == [float(result.theta)] and set(summary["tuned"]) >= {"meta_loss_mean"}
+  tensors = set(tags(str(tmp_path)).Tags()["tensors"])
+  assert {"loss/window_sum", "hyperparameters/theta", "hypergrad/theta",
+          "hypergrad_time/variance/theta", "hypergrad_time/snr/theta"} <= tensors
+  if estimator == "uoro":
+    assert {"estimator/rho0", "estimator/rho1", "estimator/s_tilde_norm",
+            "estimator/theta_tilde_norm"} <= tensors
+  if estimator == "pes":
+    assert "estimator/accumulator_norm" in tensors
+
+
+def test_without_logdir_nothing_is_written_and_a_summary_comes_back(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  result = metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=10, **QUIET)
+  assert os.listdir(tmp_path) == [] and result.logdir is None
+  assert int(result.state.step) == 10 and result.summary["outer_steps"] == 10
+  assert set(result.summary["untuned"]) == {"meta_loss_mean", "meta_loss_last"}
+  assert result.summary["tuned"]["meta_loss_mean"] < result.summary["untuned"]["meta_loss_mean"]
+  assert result.summary["theta_names"] == ["theta"]
+
+
+def test_an_interrupted_run_resumes_to_the_same_theta_and_steps(tmp_path, capsys):
+  whole = metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=12, checkpoint_every=4,
+                       logdir=tmp_path / "whole", **QUIET)
+  metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=8, checkpoint_every=4,
+               logdir=tmp_path / "parts", **QUIET)
+  parts = metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=12, checkpoint_every=4,
+                       logdir=tmp_path / "parts", num_steps=2, meta_optimizer="sgd",
+                       meta_lr=0.01)
+  assert "resuming" in capsys.readouterr().out
+  assert np.asarray(parts.theta).tobytes() == np.asarray(whole.theta).tobytes()
+  steps = [e.step for e in tags(str(tmp_path / "parts")).Tensors("hypergrad/theta")]
+  assert steps == list(range(1, 13))
+
+
+def test_a_logdir_of_another_configuration_or_theta_is_refused_before_compute(tmp_path):
+  metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=4, logdir=tmp_path, **QUIET)
+  before = (tmp_path / "checkpoint.npz").read_bytes()
+  with pytest.raises(metaopt.RunFolderError, match=r"meta_lr: 0.01 there, 0.02 now"):
+    metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=4, logdir=tmp_path,
+                 **{**QUIET, "meta_lr": 0.02})
+  with pytest.raises(metaopt.RunFolderError, match=r"theta_init"):
+    metaopt.tune(SYSTEM, jnp.float32(0.5), outer_steps=4, logdir=tmp_path, **QUIET)
+  metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=4, logdir=tmp_path / "tagged",
+               config={"tag": "a"}, **QUIET)
+  with pytest.raises(metaopt.RunFolderError, match=r"tag: 'a' there, None now"):
+    metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=4, logdir=tmp_path / "tagged", **QUIET)
+  assert (tmp_path / "checkpoint.npz").read_bytes() == before
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(estimator="bptt"), "bptt"),
+    (dict(meta_optimizer="adamw"), "meta_optimizer='adamw' is unknown"),
+    (dict(meta_lr=-1.0), "meta_lr"),
+    (dict(outer_steps=0), "outer_steps"),
+    (dict(seed=-1), "seed"),
+    (dict(num_steps=3), "divide"),
+    (dict(evaluate=3), "evaluate must be a function"),
+    (dict(config={"num_steps": 4}), "config sets ['num_steps']"),
+    (dict(config={"f": object()}), "config must hold JSON values"),
+])
+def test_bad_options_are_refused_before_any_file(options, message, tmp_path):
+  kwargs = {**QUIET, "outer_steps": 2, **options}
+  with pytest.raises(ValueError, match=re.escape(message)):
+    metaopt.tune(SYSTEM, jnp.float32(0.0), logdir=tmp_path / "run", **kwargs)
+  assert not (tmp_path / "run").exists()
+
+
+def test_too_many_non_finite_steps_raise_tuning_stopped_with_a_checkpoint(tmp_path):
+  nan_loss = metaopt.UnrolledSystem(  # sqrt of a negative number: every window is NaN
+      init=lambda key, th: jnp.ones(2), horizon=4,
+      step=lambda s, th, key: (0.5 * s + th, jnp.sum(jnp.sqrt(th - 1.0) * s)))
+  with pytest.raises(metaopt.TuningStopped, match="max_skipped=2") as stopped:
+    metaopt.tune(nan_loss, jnp.float32(0.0), outer_steps=40, checkpoint_every=5, max_skipped=2,
+                 logdir=tmp_path, **QUIET)
+  assert stopped.value.step == 5 and stopped.value.num_skipped == 5
+  assert (tmp_path / "checkpoint.npz").exists() and not (tmp_path / "summary.json").exists()
+  np.testing.assert_array_equal(stopped.value.theta, [0.0])  # never updated
+
+
+def test_a_built_estimator_and_an_optax_meta_optimizer_work_and_are_named_custom(tmp_path):
+  est = metaopt.uoro(SYSTEM, num_steps=2, rank=2)
+  result = metaopt.tune(SYSTEM, jnp.float32(0.0), estimator=est, num_steps=2,
+                        meta_optimizer=optax.chain(optax.clip(1.0), optax.sgd(0.01)),
+                        outer_steps=6, logdir=tmp_path, config={"meta": "clip+sgd"},
+                        verbose=False)
+  config = json.load(open(tmp_path / "config.json"))
+  assert config["estimator"] == "custom" and config["meta_optimizer"] == "custom"
+  assert config["meta"] == "clip+sgd" and "num_particles" not in config
+  assert np.isfinite(float(result.theta)) and float(result.theta) != 0.0
+
+
+@pytest.mark.parametrize("estimator", [name for name, info in metaopt.ESTIMATOR_TABLE.items()
+                                       if info.particles] + ["rtrl"])
+def test_evaluation_reads_one_inner_state(estimator, tmp_path):
+  """Estimators that stack an inner state per particle are evaluated on particle 0."""
+  def evaluate(state):
+    assert state.shape == (2,), state.shape  # one inner state, not a stack
+    return {"distance": jnp.sum((state - 1.0) ** 2)}
+  metaopt.tune(SYSTEM, jnp.float32(0.0), estimator=estimator, num_particles=2, sigma=0.1,
+               outer_steps=4, checkpoint_every=2, evaluate=evaluate, logdir=tmp_path, **QUIET)
+  acc = tags(str(tmp_path))
+  assert [e.step for e in acc.Tensors("eval/distance")] == [2, 4]
+  assert "final/distance" in acc.Tags()["tensors"]
+
+
+def test_metaopt_imports_nothing_from_unrolled():
+  code = ("import sys, metaopt; bad = [m for m in sys.modules if m.split('.')[0] in "
+          "('unrolled', 'launch', 'studies')]; assert not bad, bad")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
