@@ -124,8 +124,9 @@ def get(name: str, **kwargs) -> Problem:
     10
   """
   make = _lookup(name)
-  known = options(name)
-  takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(make).parameters.values())
+  parameters = inspect.signature(make).parameters.values()
+  known = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+  takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
   unknown = sorted(set(kwargs) - set(known))
   if unknown and not takes_any:
     raise ValueError(f"unknown option(s) {unknown} for problem {name!r}; "

@@ -137,13 +137,16 @@ class SummaryWriter:
     self._emit(summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=image)]), step)
 
   def curve(self, tag: str, x, y, step: int, *, xlabel: str = "", ylabel: str = "",
-            log_y: bool = False, markers=None) -> None:
-    """A line plot rendered to PNG (matplotlib, Agg) as an image summary."""
+            log_y: bool = False, markers=None, labels=None) -> None:
+    """A line plot rendered to PNG (matplotlib, Agg) as an image summary; ``labels`` names the
+    lines (the columns of ``y``) in a legend."""
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
     fig, ax = plt.subplots(figsize=(5, 3), dpi=80)
-    ax.plot(np.asarray(x), np.asarray(y))
+    lines = ax.plot(np.asarray(x), np.asarray(y))
+    if labels is not None:
+      ax.legend(lines, labels, fontsize="small")
     if markers is not None:
       mx, my = markers
       ax.plot(np.asarray(mx), np.asarray(my), "o")
@@ -391,4 +394,5 @@ def log_hyperparameters(writer: SummaryWriter, values: Mapping[str, object], ste
           writer.scalar(f"{prefix}knot_{k}" + (f"/{g}" if curve.ndim > 1 else ""), v, step)
     if image:
       writer.curve(f"schedule/{name}", np.arange(curve.shape[-1]), rows.T, step,
-                   xlabel="inner step", ylabel=name.replace("_", " "), log_y=True)
+                   xlabel="inner step", ylabel=name.replace("_", " "), log_y=True,
+                   labels=[f"group {g}" for g in range(len(rows))] if curve.ndim > 1 else None)
