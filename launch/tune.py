@@ -51,11 +51,13 @@ _META_LR = flags.DEFINE_float("meta_lr", 1e-2, "Outer learning rate.")
 _MAX_GRAD_NORM = flags.DEFINE_float("max_grad_norm", None, "Clip the hypergradient's global norm.")
 _OUTER_STEPS = flags.DEFINE_integer("outer_steps", 100, "Outer steps (one window each).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed: the same seed gives the same run.")
-_LOGDIR = flags.DEFINE_string("logdir", None, "Run folder (default runs/<problem>-<estimator>-<time>).")
+_LOGDIR = flags.DEFINE_string(
+    "logdir", None, "Run folder (default runs/tune/<problem>-<estimator>-<time>: apart from "
+    "studies, so `tensorboard --logdir runs/tune` shows tuning runs alone).")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 100, "Outer steps between checkpoints.")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 0, "Outer steps between progress lines (0: ~20 lines).")
 _IMAGE_EVERY = flags.DEFINE_integer("image_every", 0,
-                                    "Outer steps between schedule images (0: ~10 images).")
+                                    "Outer steps between schedule images (0: one per progress line).")
 _MAX_SKIPPED = flags.DEFINE_integer(
     "max_skipped", 100, "Stop once this many outer steps had non-finite hypergradients or losses.")
 _EVALUATE = flags.DEFINE_bool("evaluate", True,
@@ -107,7 +109,7 @@ def validate_flags():
     raise app.UsageError(f"--{e}" if flag or str(e).startswith("--") else
                          f"--estimator={_ESTIMATOR.value!r}: {e}") from None
   logdir = _LOGDIR.value or os.path.join(
-      "runs", f"{re.sub(r'[^A-Za-z0-9_.=-]', '_', _PROBLEM.value)}-"
+      "runs", "tune", f"{re.sub(r'[^A-Za-z0-9_.=-]', '_', _PROBLEM.value)}-"
       f"{re.sub(r'[^A-Za-z0-9_.=-]', '_', _ESTIMATOR.value)}-"
       f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
   try:

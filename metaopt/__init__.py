@@ -58,8 +58,12 @@ from metaopt._src.memory import check_memory
 from metaopt._src.memory import state_bytes
 from metaopt._src.summary import coordinate_names
 from metaopt._src.summary import log_hyperparameters
+from metaopt._src.summary import log_schedule_curves
 from metaopt._src.summary import log_tuner_info
+from metaopt._src.summary import schedule_points
+from metaopt._src.summary import snr
 from metaopt._src.summary import SummaryWriter
+from metaopt._src.summary import tuner_layout
 from metaopt._src.tune import META_OPTIMIZERS
 from metaopt._src.tune import RunFolderError
 from metaopt._src.tune import tune
@@ -103,6 +107,7 @@ __all__ = (
     "get_estimator",
     "lock_folder",
     "log_hyperparameters",
+    "log_schedule_curves",
     "log_tuner_info",
     "make_folder",
     "META_OPTIMIZERS",
@@ -121,12 +126,15 @@ __all__ = (
     "rtrl_elementwise",
     "RTRLElementwiseState",
     "RTRLState",
+    "schedule_points",
     "shard_leading",
+    "snr",
     "split_window_key",
     "state_bytes",
     "sum_window_grads",
     "SummaryWriter",
     "tbptt",
+    "tuner_layout",
     "TBPTTState",
     "timing",
     "truncated_es",

@@ -60,24 +60,27 @@ def test_a_run_end_to_end(tmp_path):
 def test_tensorboard_holds_schedule_chains_and_hparams(tmp_path):
   logdir = str(tmp_path / "run")
   out = tune(*TINY_DIGITS, "--problem_option=per_layer=True", "--estimator=uoro",
-             "--num_chains=3", "--outer_steps=8", "--image_every=4", f"--logdir={logdir}")
+             "--num_chains=4", "--outer_steps=8", "--image_every=4", f"--logdir={logdir}")
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "learning-rate schedule at inner steps" in out.stdout
+  assert "learning-rate schedule at its knots" in out.stdout
   acc = read_events(logdir)
   tensors = set(acc.Tags()["tensors"])
   # per-layer schedules (2 layers x 3 knots): one knot series per layer, a line each in the image
-  assert {"schedule/knot_0/0", "schedule/knot_1/0", "schedule/knot_2/1",
-          "hypergrad_chains/variance/learning_rate/0", "hypergrad_chains/snr/learning_rate/5",
-          "hypergrad_chains/samples/learning_rate/0", "eval/validation_loss",
+  # theta's knots and the schedule's values there share their names (knot_<k>/<layer>)
+  assert {"hyperparameters/learning_rate/knot_0/0", "hyperparameters/learning_rate/knot_1/0",
+          "hyperparameters/learning_rate/knot_2/1", "hypergrad/learning_rate/knot_2/1",
+          "hypergrad_chains/variance/learning_rate/knot_0/0",
+          "hypergrad_chains/snr/learning_rate/knot_2/1",
+          "hypergrad_chains/samples/learning_rate/knot_0/0", "eval/validation_loss",
           "eval/train_loss", "eval/validation_accuracy", "_hparams_/experiment",
           "_hparams_/session_start_info", "final/validation_loss"} <= tensors, sorted(tensors)
-  hist = acc.Tensors("hypergrad_chains/samples/learning_rate/0")
+  hist = acc.Tensors("hypergrad_chains/samples/learning_rate/knot_0/0")
   assert len(hist) == 8
   assert "schedule/learning_rate" in acc.Tags()["images"]
   images = acc.Images("schedule/learning_rate")
   assert [im.step for im in images] == [1, 4, 8]
   assert images[0].encoded_image_string[:4] == b"\x89PNG"
-  knot = [e.step for e in acc.Tensors("schedule/knot_0/1")]
+  knot = [e.step for e in acc.Tensors("hyperparameters/learning_rate/knot_0/1")]
   assert knot == list(range(1, 9))
 
 

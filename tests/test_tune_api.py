@@ -69,7 +69,7 @@ def test_every_estimator_tunes_and_logs(estimator, tmp_path):
   assert summary["theta"] == [float(result.theta)] and set(summary["tuned"]) >= {"meta_loss_mean"}
   tensors = set(tags(str(tmp_path)).Tags()["tensors"])
   assert {"loss/window_sum", "hyperparameters/theta", "hypergrad/theta",
-          "hypergrad_time/variance/theta", "hypergrad_time/snr/theta"} <= tensors
+          "hypergrad_time/variance/theta", "hypergrad_time/lower/theta"} <= tensors
   if estimator == "uoro":
     assert {"estimator/rho0", "estimator/rho1", "estimator/s_tilde_norm",
             "estimator/theta_tilde_norm"} <= tensors

@@ -113,7 +113,8 @@ def test_a_user_module_runs_in_launch_tune_end_to_end_and_resumes(user_folder, t
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"resuming {logdir} from outer step 4" in out.stdout
   acc = events(logdir)
-  for tag in ("hypergrad/learning_rate/0", "schedule/knot_2", "hyperparameters/weight_decay"):
+  for tag in ("hypergrad/learning_rate/knot_0", "hyperparameters/learning_rate/knot_2",
+              "hyperparameters/weight_decay"):
     assert [e.step for e in acc.Tensors(tag)] == list(range(1, 9)), tag
   assert [e.step for e in acc.Tensors("eval/validation_loss")] == [2, 4, 6, 8]
   summary = json.load(open(logdir / "summary.json"))

@@ -7,6 +7,7 @@ import contextlib
 import io
 import math
 import os
+import re
 import stat
 import struct
 import time
@@ -16,6 +17,11 @@ import jax
 import numpy as np
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.proto import tensor_pb2
+from tensorboard.compat.proto import tensor_shape_pb2
+from tensorboard.compat.proto import types_pb2
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
@@ -140,9 +146,7 @@ class SummaryWriter:
             log_y: bool = False, markers=None, labels=None) -> None:
     """A line plot rendered to PNG (matplotlib, Agg) as an image summary; ``labels`` names the
     lines (the columns of ``y``) in a legend."""
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3), dpi=80)
     lines = ax.plot(np.asarray(x), np.asarray(y))
     if labels is not None:
@@ -154,7 +158,7 @@ class SummaryWriter:
       ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{tag} at step {step}")
+    ax.set_title(f"{tag} at outer step {step}")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -173,6 +177,16 @@ class SummaryWriter:
     self._emit(hparams_summary.hparams_pb(clean, trial_id=trial_id), 0)
     self.scalars(metrics, step)
 
+  def custom_scalars(self, layout: layout_pb2.Layout) -> None:
+    """The custom-scalars dashboard's layout (the summary the tensorboard package's own
+    ``custom_scalar.summary.pb`` makes, built without TensorFlow)."""
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=tensor_shape_pb2.
+                                    TensorShapeProto(), string_val=[layout.SerializeToString()])
+    value = summary_pb2.Summary.Value(tag=custom_scalar_metadata.CONFIG_SUMMARY_TAG,
+                                      metadata=custom_scalar_metadata.create_summary_metadata(),
+                                      tensor=tensor)
+    self._emit(summary_pb2.Summary(value=[value]), 0)
+
   def flush(self) -> None:
     self._writer.flush()
 
@@ -184,6 +198,14 @@ class SummaryWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def pyplot():
+  """matplotlib's pyplot on the Agg backend (files only, no display); imported on first use."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
 
 
 # Both TensorBoard readers take every file whose name contains "tfevents" for an event file, so
@@ -273,11 +295,15 @@ def _is_truncated_record(tail: bytes) -> bool:
           and 12 + struct.unpack("<Q", header)[0] + 4 > len(tail))
 
 
-def coordinate_names(theta) -> list[str]:
+def coordinate_names(theta, *, knots: Mapping[str, int] | None = None) -> list[str]:
   """One TensorBoard name per scalar coordinate of ``theta``, in ``ravel_pytree`` order.
 
   A leaf's name is its path with ``/`` between keys (``"theta"`` for a bare
-  array); a leaf of more than one element gets ``/<i>`` per element.
+  array); a leaf of more than one element gets ``/<i>`` per element. A leaf
+  named in ``knots`` holds a schedule's knots on its last axis (that many):
+  its elements are ``<name>/knot_<k>`` (``<name>/knot_<k>/<g>`` with one
+  schedule per parameter group on a leading axis), the names
+  :func:`log_hyperparameters` gives the schedule's values at its knots.
 
   Examples:
     >>> import jax.numpy as jnp, metaopt
@@ -285,18 +311,90 @@ def coordinate_names(theta) -> list[str]:
     ['lr', 'wd/0', 'wd/1']
     >>> metaopt.coordinate_names(jnp.float32(0.5))
     ['theta']
+    >>> metaopt.coordinate_names({"learning_rate": jnp.zeros(3)}, knots={"learning_rate": 3})
+    ['learning_rate/knot_0', 'learning_rate/knot_1', 'learning_rate/knot_2']
   """
+  knots = knots or {}
   names = []
   for path, leaf in jax.tree_util.tree_leaves_with_path(theta):
     base = jax.tree_util.keystr(path).strip("[]'\"").replace("']['", "/") or "theta"
-    size = int(np.size(leaf))
-    names.extend([base] if size == 1 else [f"{base}/{i}" for i in range(size)])
+    shape = np.shape(leaf)
+    size = int(np.prod(shape))
+    if base in knots and shape and shape[-1] == knots[base]:
+      per_group = len(shape) > 1
+      names.extend(f"{base}/knot_{i % shape[-1]}" + (f"/{i // shape[-1]}" if per_group else "")
+                   for i in range(size))
+    else:
+      names.extend([base] if size == 1 else [f"{base}/{i}" for i in range(size)])
   return names
+
+
+def schedule_points(values: Mapping[str, object]) -> dict[str, tuple[list[str], np.ndarray,
+                                                                      np.ndarray]]:
+  """Each schedule of ``values`` (as :func:`log_hyperparameters` takes them) at its knots.
+
+  Returns:
+    ``{name: (labels, steps, points)}``: ``labels`` name the points
+    (``knot_<k>``, or ``step_<t>`` at five evenly spaced inner steps for a
+    schedule without knots), ``steps`` are their inner steps and ``points``
+    the values there, ``(G, K)`` for one schedule per parameter group, else
+    ``(K,)``. Between inner steps, values are interpolated log-linearly, as
+    the schedules interpolate between knots.
+
+  Examples:
+    >>> import numpy as np, metaopt
+    >>> values = {"learning_rate": 0.1, "learning_rate_curve": np.geomspace(0.1, 0.001, 11),
+    ...           "learning_rate_knots": np.array([0.0, 5.0, 10.0])}
+    >>> labels, steps, points = metaopt.schedule_points(values)["learning_rate"]
+    >>> labels, np.round(points, 4).tolist()
+    (['knot_0', 'knot_1', 'knot_2'], [0.1, 0.01, 0.001])
+  """
+  out = {}
+  for key in values:
+    if not key.endswith("_curve"):
+      continue
+    name = key[:-len("_curve")]
+    curve = np.asarray(values[key], np.float64)
+    knots = values.get(f"{name}_knots")
+    if knots is not None:
+      steps = np.asarray(knots, np.float64).reshape(-1)
+      labels = [f"knot_{k}" for k in range(steps.size)]
+    else:
+      steps = np.unique(np.linspace(0, curve.shape[-1] - 1, 5).round())
+      labels = [f"step_{int(t)}" for t in steps]
+    rows = curve.reshape(-1, curve.shape[-1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+      points = np.stack([np.exp(np.interp(steps, np.arange(row.size), np.log(row)))
+                         if np.all(row > 0) else np.interp(steps, np.arange(row.size), row)
+                         for row in rows])
+    out[name] = (labels, steps, points.reshape(curve.shape[:-1] + steps.shape))
+  return out
 
 
 # Info entries that log_tuner_info writes under their own tags; the rest are estimator metrics.
 _TUNER_KEYS = ("loss", "grad", "chain_grads", "chain_variance", "finite", "num_skipped", "step",
                "theta", "grad_ema_mean", "grad_ema_var")
+
+
+def snr(mean, variance, *, num_samples: int = 1):
+  """Signal-to-noise ratio |mean| / sqrt(variance / num_samples), readable at zero variance.
+
+  The variance gets a floor of 1e-6 mean² (and 1e-30): an exact, noiseless
+  hypergradient then reads 1000 instead of 1e16, so one such point does not
+  flatten a TensorBoard chart of noisy ones.
+
+  Examples:
+    >>> import metaopt
+    >>> round(float(metaopt.snr(2.0, 4.0)), 4), round(float(metaopt.snr(2.0, 0.0)))
+    (1.0, 1000)
+  """
+  mean, variance = np.asarray(mean, np.float64), np.asarray(variance, np.float64)
+  return np.abs(mean) / np.sqrt(variance / num_samples + 1e-6 * mean**2 + 1e-30)
+
+
+# Finite outer steps before the moving SNR over time is written: with the tuner's default
+# ema_decay 0.9, the moving averages weigh about the last 10 hypergradients.
+MIN_SNR_STEPS = 10
 
 
 def log_tuner_info(writer: SummaryWriter, info: Mapping[str, object], step: int, *,
@@ -306,10 +404,14 @@ def log_tuner_info(writer: SummaryWriter, info: Mapping[str, object], step: int,
   Tags: ``loss/window_sum`` and ``loss/per_inner_step`` (divided by
   ``window``), ``tuner/finite``, ``tuner/num_skipped``, ``estimator/<metric>``
   for every other metric, and per coordinate ``<name>`` of ``names``:
-  ``hypergrad/<name>``, ``hypergrad_time/{mean,variance,snr}/<name>`` (moving
-  averages over time) and, with more than one chain,
-  ``hypergrad_chains/{variance,snr}/<name>`` (across chains; the SNR is that of
-  their mean) and the histogram ``hypergrad_chains/samples/<name>``.
+  ``hypergrad/<name>`` (the chains' mean), ``hypergrad_time/{mean,variance,
+  lower,upper}/<name>`` (moving averages over time; lower and upper are mean ∓
+  std) and ``hypergrad_time/snr/<name>`` once :data:`MIN_SNR_STEPS` finite
+  steps exist; with more than one chain, ``hypergrad_chains/{variance,lower,
+  upper}/<name>`` (across chains: the chains' mean ∓ their std) and the
+  histogram ``hypergrad_chains/samples/<name>``, and from 4 chains
+  ``hypergrad_chains/snr/<name>`` (that of the chains' mean). SNRs are
+  :func:`snr`'s.
 
   Args:
     writer: where to write.
@@ -339,31 +441,43 @@ def log_tuner_info(writer: SummaryWriter, info: Mapping[str, object], step: int,
   grad, chains = np.asarray(info["grad"]), np.asarray(info["chain_grads"])
   ema_mean, ema_var = np.asarray(info["grad_ema_mean"]), np.asarray(info["grad_ema_var"])
   chain_var = np.asarray(info["chain_variance"])
+  num_chains = chains.shape[0]
+  finite_steps = int(info["step"]) - int(info["num_skipped"])
   for i, name in enumerate(names):
     writer.scalar(f"hypergrad/{name}", grad[i], step)
-    writer.scalar(f"hypergrad_time/mean/{name}", ema_mean[i], step)
-    writer.scalar(f"hypergrad_time/variance/{name}", ema_var[i], step)
-    writer.scalar(f"hypergrad_time/snr/{name}", abs(ema_mean[i]) / math.sqrt(ema_var[i] + 1e-30),
-                  step)
-    if chains.shape[0] > 1:
-      writer.scalar(f"hypergrad_chains/variance/{name}", chain_var[i], step)
-      writer.scalar(f"hypergrad_chains/snr/{name}",
-                    abs(grad[i]) / math.sqrt(chain_var[i] / chains.shape[0] + 1e-30), step)
-      writer.histogram(f"hypergrad_chains/samples/{name}", chains[:, i], step)
+    std = math.sqrt(ema_var[i])
+    for tag, value in (("mean", ema_mean[i]), ("variance", ema_var[i]),
+                       ("lower", ema_mean[i] - std), ("upper", ema_mean[i] + std)):
+      writer.scalar(f"hypergrad_time/{tag}/{name}", value, step)
+    if finite_steps >= MIN_SNR_STEPS:
+      writer.scalar(f"hypergrad_time/snr/{name}", snr(ema_mean[i], ema_var[i]), step)
+    if num_chains > 1:
+      std = math.sqrt(chain_var[i])
+      for tag, value in (("variance", chain_var[i]), ("lower", grad[i] - std),
+                         ("upper", grad[i] + std)):
+        writer.scalar(f"hypergrad_chains/{tag}/{name}", value, step)
+      if num_chains >= 4:  # a variance from fewer chains is too rough to divide by
+        writer.scalar(f"hypergrad_chains/snr/{name}",
+                      snr(grad[i], chain_var[i], num_samples=num_chains), step)
+      writer.histogram(f"hypergrad_chains/samples/{name}", chains[:, i], step,
+                       buckets=max(2, min(30, num_chains)))
 
 
 def log_hyperparameters(writer: SummaryWriter, values: Mapping[str, object], step: int, *,
                         image: bool = False) -> None:
   """Logs hyperparameters in natural units: the dict an inner problem's ``hyperparameters`` returns.
 
-  A scalar ``<name>`` goes to ``hyperparameters/<name>``, an array to
-  ``hyperparameters/<name>/<i>``. A schedule comes as ``<name>_curve`` (its
-  value at every inner step; ``(G, horizon)`` for one schedule per parameter
-  group), optionally with ``<name>_knots`` (the inner steps of its knots): the
-  curve stands for an array ``<name>``, its values at the knots go to
-  ``schedule/knot_<k>`` (``schedule/<name>/knot_<k>`` when there are several
-  schedules; ``.../knot_<k>/<g>`` per group) and, if ``image``, the curve to
-  the image ``schedule/<name>`` (log scale, a line per group).
+  A scalar ``<name>`` goes to ``hyperparameters/<name>``, an array (one value
+  per parameter group) to ``hyperparameters/<name>/<i>``. A schedule comes as
+  ``<name>_curve`` (its value at every inner step; ``(G, horizon)`` for one
+  schedule per parameter group), optionally with ``<name>_knots`` (the inner
+  steps of its knots); its ``<name>`` entry, if any, is not logged (it is
+  only the value at step 0). Its values at the knots (:func:`schedule_points`)
+  go to ``hyperparameters/<name>/knot_<k>`` (``.../knot_<k>/<g>`` per group;
+  ``step_<t>`` for a schedule without knots), the names
+  :func:`coordinate_names` gives theta's knots, and, if ``image``, the curve
+  over inner steps to the image ``schedule/<name>`` (log scale, a line per
+  group, the knots marked).
 
   Examples:
     >>> import numpy as np, tempfile, metaopt
@@ -372,27 +486,93 @@ def log_hyperparameters(writer: SummaryWriter, values: Mapping[str, object], ste
     >>> with metaopt.SummaryWriter(tempfile.mkdtemp()) as writer:
     ...   metaopt.log_hyperparameters(writer, values, 1)
   """
-  schedules = [k[:-len("_curve")] for k in values if k.endswith("_curve")]
-  extras = {f"{s}_curve" for s in schedules} | {f"{s}_knots" for s in schedules}
+  points = schedule_points(values)
+  extras = {f"{s}{suffix}" for s in points for suffix in ("", "_curve", "_knots")}
   for name, value in values.items():
+    if name in extras:
+      continue
     value = np.asarray(value)
-    if name in extras or (value.ndim and name in schedules):
-      continue  # a schedule: its curve and knots below
     if value.ndim == 0:
       writer.scalar(f"hyperparameters/{name}", value, step)
     else:
       for i, v in enumerate(value.reshape(-1)):
         writer.scalar(f"hyperparameters/{name}/{i}", v, step)
-  for name in schedules:
-    curve, knots = np.asarray(values[f"{name}_curve"]), values.get(f"{name}_knots")
-    prefix = "schedule/" if len(schedules) == 1 else f"schedule/{name}/"
-    rows = curve.reshape(-1, curve.shape[-1])  # one schedule per parameter group: (G, horizon)
-    if knots is not None:  # log-linear between inner steps, as the schedules interpolate
-      for g, row in enumerate(rows):
-        knot_values = np.exp(np.interp(np.asarray(knots), np.arange(row.shape[-1]), np.log(row)))
-        for k, v in enumerate(knot_values.reshape(-1)):
-          writer.scalar(f"{prefix}knot_{k}" + (f"/{g}" if curve.ndim > 1 else ""), v, step)
+  for name, (labels, steps, at) in points.items():
+    rows = at.reshape(-1, len(labels))
+    for g, row in enumerate(rows):
+      for label, v in zip(labels, row):
+        writer.scalar(f"hyperparameters/{name}/{label}" + (f"/{g}" if at.ndim > 1 else ""), v,
+                      step)
     if image:
-      writer.curve(f"schedule/{name}", np.arange(curve.shape[-1]), rows.T, step,
-                   xlabel="inner step", ylabel=name.replace("_", " "), log_y=True,
-                   labels=[f"group {g}" for g in range(len(rows))] if curve.ndim > 1 else None)
+      curve = np.asarray(values[f"{name}_curve"])
+      writer.curve(f"schedule/{name}", np.arange(curve.shape[-1]),
+                   curve.reshape(-1, curve.shape[-1]).T, step, xlabel="inner step",
+                   ylabel=name.replace("_", " "), log_y=True,
+                   markers=(np.broadcast_to(steps, rows.shape).T, rows.T),
+                   labels=[f"group {g}" for g in range(len(rows))] if at.ndim > 1 else None)
+
+
+def log_schedule_curves(writer: SummaryWriter, untuned: Mapping[str, object],
+                        tuned: Mapping[str, object]) -> None:
+  """Each schedule over the inner steps of one horizon, untuned and tuned, as scalars.
+
+  Tags ``schedule/<name>/untuned`` and ``schedule/<name>/tuned`` (group 0's
+  for one schedule per group), whose step is the INNER step: TensorBoard
+  draws the two schedules over the horizon on one chart.
+  """
+  for key in untuned:
+    if key.endswith("_curve"):
+      name = key[:-len("_curve")]
+      for which, values in (("untuned", untuned), ("tuned", tuned)):
+        curve = np.asarray(values[key]).reshape(-1, np.shape(values[key])[-1])[0]
+        for t, v in enumerate(curve):
+          writer.scalar(f"schedule/{name}/{which}", v, t)
+
+
+def tuner_layout(names: list[str], *, num_chains: int,
+                 schedules: Mapping[str, list[str]] | None = None) -> layout_pb2.Layout:
+  """A TensorBoard custom-scalars layout of :func:`log_tuner_info`'s tags.
+
+  One category per coordinate of theta: margin charts of the hypergradient's
+  mean ± one standard deviation across chains (with more than one chain: the
+  estimator's noise) and over time (its moving averages), and a chart of its
+  signal-to-noise ratio (across chains from 4 chains, else over time); then one category per
+  schedule with its values at the knots over outer steps and its untuned and
+  tuned curves over inner steps (:func:`log_schedule_curves`).
+
+  Args:
+    names: :func:`coordinate_names` of theta.
+    num_chains: the tuner's chains.
+    schedules: ``{name: labels}`` of :func:`schedule_points`.
+  """
+  categories = []
+  for name in names:
+    over_time = layout_pb2.Chart(
+        title=f"{name}: moving mean ± std over time",
+        margin=layout_pb2.MarginChartContent(series=[layout_pb2.MarginChartContent.Series(
+            value=f"hypergrad_time/mean/{name}", lower=f"hypergrad_time/lower/{name}",
+            upper=f"hypergrad_time/upper/{name}")]))
+    charts = [over_time]
+    if num_chains > 1:  # the estimator's noise: first
+      charts.insert(0, layout_pb2.Chart(
+          title=f"{name}: mean ± std across {num_chains} chains",
+          margin=layout_pb2.MarginChartContent(series=[layout_pb2.MarginChartContent.Series(
+              value=f"hypergrad/{name}", lower=f"hypergrad_chains/lower/{name}",
+              upper=f"hypergrad_chains/upper/{name}")])))
+    # One SNR per chart (a chart colours by run, not by tag): across chains where it is written.
+    which = "chains" if num_chains >= 4 else "time"
+    charts.append(layout_pb2.Chart(
+        title=f"{name}: signal-to-noise ratio " + (
+            f"across {num_chains} chains" if which == "chains" else "over time"),
+        multiline=layout_pb2.MultilineChartContent(
+            tag=[rf"^hypergrad_{which}/snr/{re.escape(name)}$"])))
+    categories.append(layout_pb2.Category(title=f"hypergradient {name}", chart=charts))
+  for name in schedules or {}:
+    categories.append(layout_pb2.Category(title=f"schedule {name}", chart=[
+        layout_pb2.Chart(title=f"{name} at its knots, over outer steps",
+                         multiline=layout_pb2.MultilineChartContent(
+                             tag=[rf"^hyperparameters/{re.escape(name)}/(knot|step)_"])),
+        layout_pb2.Chart(title=f"{name} over inner steps: untuned and tuned",
+                         multiline=layout_pb2.MultilineChartContent(
+                             tag=[rf"^schedule/{re.escape(name)}/(untuned|tuned)$"]))]))
+  return layout_pb2.Layout(category=categories)

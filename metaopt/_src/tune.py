@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import shlex
 import time
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -114,7 +116,7 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
     logdir: the run folder (made if missing), or None to write nothing.
     checkpoint_every: outer steps between checkpoints.
     log_every: outer steps between progress lines (0: ~20 lines).
-    image_every: outer steps between schedule images (0: ~10).
+    image_every: outer steps between schedule images (0: one per progress line).
     max_skipped: stop (:class:`TuningStopped`) once more outer steps than
       this had non-finite hypergradients or losses.
     evaluate: ``evaluate(inner_state) -> dict`` of scalars (e.g. validation
@@ -197,6 +199,10 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
   try:
     if logdir is not None:
       lock, resuming = _claim(logdir, run_config)
+    _say(verbose, f"{description + chr(10) if description else ''}estimator "
+         f"{spec or 'custom'} (window {window}), {num_chains} chain(s), "
+         f"{_describe_optimizer(meta_optimizer, meta_lr)}, {outer_steps} outer steps"
+         f"{'; logdir ' + logdir if logdir else ''}")
     start, state = 0, None
     checkpoint_path = None if logdir is None else os.path.join(logdir, CHECKPOINT)
     if resuming and os.path.exists(checkpoint_path):
@@ -204,22 +210,15 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
       state = checkpoint.restore(checkpoint_path, state_shape, config=run_config)
       start = int(state.step)
       _say(verbose, f"resuming {logdir} from outer step {start}")
-    else:
-      state = init()
     writer = (summary.SummaryWriter(logdir, resume_step=start + 1 if resuming else None)
               if logdir is not None else None)
     try:
       state, wall = _outer_loop(
-          t, state, start, outer_steps, system=system, theta0=theta, window=window,
+          t, init if state is None else state, start, outer_steps, system=system, theta0=theta, window=window,
           evaluate=evaluate, hyperparameters=hyperparameters, writer=writer,
           checkpoint_path=checkpoint_path, run_config=run_config,
-          checkpoint_every=checkpoint_every, log_every=log_every or max(1, outer_steps // 20),
-          image_every=image_every or max(1, outer_steps // 10), max_skipped=max_skipped,
-          header=(f"{description + chr(10) if description else ''}estimator "
-                  f"{spec or 'custom'} (window {window}), {num_chains} chain(s), "
-                  f"{_describe_optimizer(meta_optimizer, meta_lr)}, {outer_steps} outer steps"
-                  f"{'; logdir ' + logdir if logdir else ''}"),
-          verbose=verbose)
+          checkpoint_every=checkpoint_every, log_every=log_every, image_every=image_every,
+          max_skipped=max_skipped, num_chains=num_chains, verbose=verbose)
       result = _finish(system, theta, state, seed=seed, evaluate=evaluate,
                        hyperparameters=hyperparameters, compare=compare, run_config=run_config,
                        wall=wall, writer=writer, logdir=logdir, verbose=verbose)
@@ -234,21 +233,47 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
 
 def _outer_loop(t, state, start, outer_steps, *, system, theta0, window, evaluate,
                 hyperparameters, writer, checkpoint_path, run_config, checkpoint_every,
-                log_every, image_every, max_skipped, header, verbose):
-  """The outer steps from ``start``, in jitted calls that never straddle a checkpoint."""
-  names = summary.coordinate_names(theta0)
-  chunk = steps_per_call(checkpoint_every)
-  run = jax.jit(t.run, static_argnums=1)
+                log_every, image_every, max_skipped, num_chains, verbose):
+  """The outer steps from ``start``, in jitted calls that never straddle a checkpoint or a
+  progress line. ``state`` is the tuner's state, or a function that makes it (compiled with the
+  outer step, under the "compiling" line)."""
+  hyper0 = jax.device_get(hyperparameters(theta0))
+  points0 = summary.schedule_points(hyper0)
+  names = summary.coordinate_names(theta0, knots={k: len(v[0]) for k, v in points0.items()})
+  if not log_every:  # ~20 lines, at the ends of calls
+    chunk = steps_per_call(checkpoint_every)
+    log_every = chunk * max(1, round(outer_steps / 20 / chunk))
+  chunk = steps_per_call(math.gcd(checkpoint_every, log_every))
+  image_every = image_every or log_every
   unravel = base.ravel(theta0)[1]
   natural = jax.jit(jax.vmap(lambda flat: hyperparameters(unravel(flat))))
   template = jax.eval_shape(system.init, jax.random.key(0), theta0)
   evaluate_one = jax.jit(lambda s: evaluate(_one_inner_state(s.estimator_state.inner, template))
                          ) if evaluate else None
-  _say(verbose, header)
-  wall_start, steps_done, step = time.time(), 0, start
+  for name, (labels, steps, _) in points0.items():
+    _say(verbose, f"{name}: a schedule, shown at its {len(labels)} "
+         f"{'knots' if labels[0].startswith('knot') else 'points'} (inner steps "
+         f"{', '.join(str(int(round(x))) for x in steps)})")
+  if writer is not None:
+    writer.custom_scalars(summary.tuner_layout(
+        names, num_chains=num_chains, schedules={k: v[0] for k, v in points0.items()}))
+  sizes = sorted({min(chunk - s % chunk, outer_steps - s) for s in range(start, outer_steps)
+                  if s == start or s % chunk == 0})
+  def warm_up(state):  # the small jitted helpers and the plotting library, with the rest
+    flat = base.ravel(theta0)[0]
+    for n in sizes:
+      natural(np.zeros((n,) + flat.shape, flat.dtype))
+    if evaluate_one is not None:
+      evaluate_one(state)
+    if writer is not None and points0:
+      summary.pyplot()
+
+  state, compiled, compile_seconds = _compile(t, state, sizes, warm_up, verbose)
+  calls, step = [], start  # (outer steps, seconds) of each call, its logs included
   while step < outer_steps:
     n = min(chunk - step % chunk, outer_steps - step)
-    state, infos = run(state, n)
+    began = time.time()
+    state, infos = compiled[n](state)
     infos, hyper = jax.device_get((infos, natural(infos["theta"])))
     if writer is not None:
       for i, s in enumerate(range(step + 1, step + n + 1)):
@@ -259,7 +284,6 @@ def _outer_loop(t, state, start, outer_steps, *, system, theta0, window, evaluat
       for k, v in (jax.device_get(evaluate_one(state)) if evaluate_one else {}).items():
         writer.scalar(f"eval/{k}", v, step + n)
     step += n
-    steps_done += n
     skipped = int(infos["num_skipped"][-1])
     if checkpoint_path is not None and (step % checkpoint_every == 0 or step == outer_steps
                                         or skipped > max_skipped):
@@ -267,13 +291,51 @@ def _outer_loop(t, state, start, outer_steps, *, system, theta0, window, evaluat
       checkpoint.save(checkpoint_path, state, config=run_config)
     if skipped > max_skipped:
       raise TuningStopped(step, skipped, max_skipped, np.asarray(infos["theta"][-1]))
+    calls.append((n, time.time() - began))
     if step % log_every < n or step == outer_steps:
-      eta = (time.time() - wall_start) / steps_done * (outer_steps - step)
-      hp = ", ".join(f"{k}={_short(v[-1])}" for k, v in hyper.items()
-                     if not k.endswith(("_curve", "_knots")))
+      # The first call also compiles the small jitted helpers: left out once others exist.
+      steps, seconds = np.sum(calls[1:] or calls, axis=0)
+      per_step = seconds / steps
       _say(verbose, f"step {step}/{outer_steps} | window loss {float(infos['loss'][-1]):.4g} | "
-           f"{hp} | skipped {skipped} | ETA {eta:.0f}s")
-  return state, time.time() - wall_start
+           f"{_hyper_text({k: v[-1] for k, v in hyper.items()})} | skipped {skipped} | "
+           f"{1e3 * per_step:.3g} ms/step, ETA {_duration(per_step * (outer_steps - step))}")
+  run_seconds = sum(c[1] for c in calls)
+  return state, compile_seconds + run_seconds
+
+
+def _compile(t, state, sizes, warm_up, verbose):
+  """Compiles ``t.run`` for each number of outer steps per call (and makes the initial state if
+  ``state`` is the function that makes it, and runs ``warm_up(state)``), saying so and timing
+  it: what follows is what the ETA extrapolates.
+
+  Returns (state, {steps per call: compiled run}, seconds).
+  """
+  if not sizes:  # a finished run, resumed: nothing to run
+    return state, {}, 0.0
+  began = time.time()
+  _say(verbose, f"compiling the outer step ({', '.join(map(str, sizes))} outer steps per call; "
+       "XLA, once per run) ...")
+  state = state() if callable(state) else state
+  run = jax.jit(t.run, static_argnums=1)
+  compiled = {n: run.lower(state, n).compile() for n in sizes}
+  warm_up(state)
+  seconds = time.time() - began
+  _say(verbose, f"compiled in {seconds:.1f} s")
+  return state, compiled, seconds
+
+
+def _hyper_text(hyper):
+  """The hyperparameters of one outer step for a progress line: schedules at their knots."""
+  points = summary.schedule_points(hyper)
+  parts = [f"{k}={_short(v)}" for k, v in hyper.items()
+           if not k.endswith(("_curve", "_knots")) and k not in points]
+  parts += [f"{k} {_short(p[2])}" for k, p in points.items()]
+  return ", ".join(parts)
+
+
+def _duration(seconds):
+  seconds = int(round(seconds))
+  return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _finish(system, theta0, state, *, seed, evaluate, hyperparameters, compare, run_config, wall,
@@ -287,6 +349,8 @@ def _finish(system, theta0, state, *, seed, evaluate, hyperparameters, compare, 
          "wall_seconds_this_process": wall}
   if compare:
     # One fresh horizon per theta on the same keys: the difference is the tuning's alone.
+    _say(verbose, "training one fresh horizon with the initial and with the tuned theta "
+         "(same keys) ...")
     one = jax.jit(lambda th: horizon.evaluate_horizon(
         system, th, jax.random.key(seed + 1), evaluate=evaluate))
     out["untuned"], out["tuned"] = (
@@ -295,15 +359,28 @@ def _finish(system, theta0, state, *, seed, evaluate, hyperparameters, compare, 
       print_comparison(out["untuned"], out["tuned"], hyperparameters(theta0),
                        hyperparameters(state.theta))
   if writer is not None:
+    summary.log_schedule_curves(writer, jax.device_get(hyperparameters(theta0)),
+                                jax.device_get(hyperparameters(state.theta)))
     metrics = {f"final/{k}": float(v) for k, v in out.get("tuned", {}).items()}
     metrics["final/num_skipped"] = float(state.num_skipped)
-    writer.hparams({k: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
-                    for k, v in run_config.items()}, metrics, int(state.step),
+    writer.hparams(_session_hparams(run_config), metrics, int(state.step),
                    trial_id=os.path.basename(os.path.abspath(logdir)))
     writer.close()
     files.write_atomic(os.path.join(logdir, SUMMARY), _to_json(out))
-    _say(verbose, f"summary written to {os.path.join(logdir, SUMMARY)}")
+    _say(verbose, f"\nsummary: {os.path.join(logdir, SUMMARY)}\n"
+         f"TensorBoard: tensorboard --logdir {shlex.quote(logdir)}")
   return TuneResult(state.theta, state, out, logdir)
+
+
+def _session_hparams(run_config):
+  """The hparams session's values: the run's config without the shared options its estimator
+  does not take (rtrl has no particles) and without theta's digest."""
+  unused = {"theta_init"}
+  if run_config["estimator"] != "custom":
+    takes = registry.estimator_info(run_config["estimator"]).takes
+    unused |= {o for o in ("num_steps", "num_particles", "sigma") if o not in takes}
+  return {k: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+          for k, v in run_config.items() if k not in unused}
 
 
 def _run_config(spec, num_steps, num_particles, sigma, meta_optimizer, meta_lr,
@@ -388,11 +465,11 @@ def _os_message(logdir, e):
   return f"logdir {logdir!r}: {e.strerror or e}"
 
 
-def steps_per_call(checkpoint_every: int) -> int:
-  """The largest divisor of checkpoint_every up to MAX_STEPS_PER_CALL: calls never straddle a
-  checkpoint, so a resumed run makes exactly the calls an uninterrupted one makes."""
-  return max(d for d in range(1, min(checkpoint_every, MAX_STEPS_PER_CALL) + 1)
-             if checkpoint_every % d == 0)
+def steps_per_call(every: int) -> int:
+  """The largest divisor of ``every`` up to MAX_STEPS_PER_CALL: calls never straddle a
+  checkpoint or a progress line (``every`` is the gcd of their periods), so a resumed run makes
+  exactly the calls an uninterrupted one makes."""
+  return max(d for d in range(1, min(every, MAX_STEPS_PER_CALL) + 1) if every % d == 0)
 
 
 def _one_inner_state(inner, template):
@@ -426,16 +503,19 @@ def _short(v):
 
 def print_comparison(untuned: Mapping[str, float], tuned: Mapping[str, float],
                      hyper0: Mapping[str, Any], hyper: Mapping[str, Any]) -> None:
-  """Prints the untuned-vs-tuned table and each hyperparameter before and after."""
+  """Prints the untuned-vs-tuned table and each hyperparameter before and after (a schedule at
+  its knots, where its extremes are)."""
   print("\none horizon of inner training, same keys:")
   print(f"{'':24s}{'untuned':>14s}{'tuned':>14s}")
   for k in untuned:
     print(f"{k:24s}{untuned[k]:14.5g}{tuned[k]:14.5g}")
+  points0, points = summary.schedule_points(hyper0), summary.schedule_points(hyper)
   for k in hyper:
-    a, b = np.asarray(hyper0[k]), np.asarray(hyper[k])
-    if k.endswith("_curve"):  # a schedule: six points over the horizon
-      idx = np.linspace(0, a.shape[-1] - 1, 6).astype(int)
-      print(f"{k[:-len('_curve')].replace('_', '-')} schedule at inner steps {idx.tolist()}:")
-      print(f"  untuned {_short(a[..., idx])}\n  tuned   {_short(b[..., idx])}")
-    elif not k.endswith("_knots"):
-      print(f"{k}: untuned {_short(a)}, tuned {_short(b)}")
+    if k in points:
+      labels, steps, at = points[k]
+      what = "knots" if labels[0].startswith("knot") else "points"
+      print(f"{k.replace('_', '-')} schedule at its {what}, inner steps "
+            f"{[int(round(x)) for x in steps]}:")
+      print(f"  untuned {_short(points0[k][2])}\n  tuned   {_short(at)}")
+    elif not k.endswith(("_curve", "_knots")):
+      print(f"{k}: untuned {_short(hyper0[k])}, tuned {_short(hyper[k])}")
