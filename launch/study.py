@@ -43,6 +43,8 @@ from typing import NamedTuple
 from absl import app
 from absl import flags
 
+import launch
+
 _STUDY = flags.DEFINE_enum("study", "bias_variance", ["bias_variance", "tuning"], "Which study.")
 _PROBLEM = flags.DEFINE_string(
     "problem", "toy_regression", "Inner problem: a name of unrolled.names(), or the import path "
@@ -348,6 +350,11 @@ def validate():
   n_trials = _N_TRIALS.value
   if _STUDY.value == "tuning":  # the grid of (method, seed) runs is the whole study
     n_trials = min(n_trials, len(ctx.methods) * len(ctx.seeds))
+  elif _GRID.value and n_trials > len(grid_cells(ctx)):
+    # Past the grid the sampler would only draw cells again (a categorical space): no repeats.
+    print(f"launch.study: --grid has {len(grid_cells(ctx))} cells; running {len(grid_cells(ctx))} "
+          f"trials, not --n_trials={n_trials}", flush=True)
+    n_trials = len(grid_cells(ctx))
   return Plan(ctx, name, output_dir, url, kind, n_trials)
 
 
@@ -396,11 +403,11 @@ def run_trials(study, ctx, n_trials, max_trials=None):
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   return storage_lib.run_trials(study, kind.objective(ctx), n_trials=n_trials,
                                 max_trials=max_trials, catch=(FloatingPointError,),
-                                max_retry=_MAX_RETRY.value)
+                                max_retry=_MAX_RETRY.value, callbacks=[progress_line(n_trials)])
 
 
-def enqueue_grid(study, ctx):
-  """Enqueues every (estimator, num_steps, num_particles, num_chains) combination once."""
+def grid_cells(ctx):
+  """Every (estimator, num_steps, num_particles, num_chains) combination of the choices, once."""
   import itertools  # pylint: disable=g-import-not-at-top
   import math  # pylint: disable=g-import-not-at-top
   import metaopt  # pylint: disable=g-import-not-at-top
@@ -408,6 +415,7 @@ def enqueue_grid(study, ctx):
   horizon = unrolled.get(ctx.problem_name, **ctx.problem_options).system.horizon
   sigma = math.sqrt(ctx.sigma[0] * ctx.sigma[1])
   steps = [n for n in ctx.num_steps if horizon % n == 0]
+  cells = []
   for est in ctx.estimators:
     info = metaopt.estimator_info(est)
     for k, c in itertools.product([horizon] if info.whole_horizon else steps, ctx.num_chains):
@@ -417,8 +425,40 @@ def enqueue_grid(study, ctx):
       if "sigma" in info.takes:
         params["sigma"] = sigma
       for n in ctx.num_particles if "num_particles" in info.takes else [None]:
-        extra = {} if n is None else {"num_particles": n}
-        study.enqueue_trial({**params, **extra}, skip_if_exists=True)
+        cells.append({**params, **({} if n is None else {"num_particles": n})})
+  return cells
+
+
+def enqueue_grid(study, ctx):
+  """Enqueues every cell of :func:`grid_cells` once."""
+  for params in grid_cells(ctx):
+    study.enqueue_trial(params, skip_if_exists=True)
+
+
+def progress_line(n_trials):
+  """An Optuna callback printing one line per trial finished here: its settings, its values,
+  and the study's progress with an ETA from this worker's pace."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  from studies import report  # pylint: disable=g-import-not-at-top
+  began, ran = time.time(), []
+
+  def callback(study, trial):
+    ran.append(trial.number)
+    done = finished(study)
+    per_trial = (time.time() - began) / len(ran)
+    if trial.state != optuna.trial.TrialState.COMPLETE:
+      what = trial.state.name.lower()
+    elif _STUDY.value == "bias_variance":
+      a = trial.user_attrs
+      what = (f"bias² {a['bias2']:.3g} (± {a['bias2_se']:.2g}), variance {a['variance']:.3g}, "
+              f"{a['cost_plain_steps']:.1f} plain steps per estimate")
+    else:
+      what = f"final validation loss {trial.value:.4g}"
+    print(f"trial {trial.number} ({done}/{n_trials} complete): {report.label(trial)} | {what} | "
+          f"{per_trial:.1f} s per trial, ETA {per_trial * max(0, n_trials - done):.0f} s",
+          flush=True)
+
+  return callback
 
 
 def worker_command(argv):
@@ -503,8 +543,11 @@ def _main(argv):
     from studies import report  # pylint: disable=g-import-not-at-top
     text, figures = report.write_report(study, _STUDY.value, plan.output_dir)
     print(text)
-    print("outputs: " + ", ".join([os.path.join(plan.output_dir, "trials.csv"), *figures,
-                                   os.path.join(plan.output_dir, "tensorboard")]))
+    board = os.path.join(plan.output_dir, "tensorboard")
+    print("outputs: " + ", ".join([os.path.join(plan.output_dir, name) for name in (
+        "summary.md", "trials.csv")] + figures + [board + os.sep]))
+    print(f"study storage: {storage_lib.redact(plan.url)}")
+    print(f"TensorBoard (one hparams session per trial): tensorboard --logdir {board}")
   return status
 
 
@@ -551,4 +594,4 @@ def _storage_failure(error):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)

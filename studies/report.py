@@ -44,6 +44,19 @@ def label(trial):
   return text
 
 
+def sort_key(trial):
+  """Trials in the estimator table's order, then by window, particles and chains as numbers."""
+  s = trial.user_attrs.get("settings", trial.params)
+  if "estimator" not in s:
+    return (str(s.get("method")), trial.number)
+  names = list(metaopt.ESTIMATORS)
+  base = s["estimator"].split("[")[0]
+  return (names.index(base) if base in names else len(names), s["estimator"],
+          s.get("num_steps", 0), s.get("num_particles", 0) if "num_particles" in
+          metaopt.estimator_info(s["estimator"]).takes else 0, s.get("num_chains", 1),
+          trial.number)
+
+
 def _save(fig, ax, path, xlabel, ylabel, title, **title_kw):
   """Labels, lays out, writes and closes a figure; returns its path."""
   ax.set_xlabel(xlabel)
@@ -92,56 +105,127 @@ def pareto_table(study, trials=None):
   return "\n".join(rows)
 
 
-def bias_variance_figures(study, folder):
+# Below this fraction of |exact|², a bias² or variance is zero to float precision (exact
+# estimators): drawn on a marked "0 (exact)" strip, not at an arbitrary tiny value.
+ZERO_FRACTION = 1e-9
+ZERO_LABEL = "0 (exact)"
+_MARKERS = "os^DvPX*"
+
+
+def _zero_strip(ax, which, values, zero):
+  """Puts the values flagged ``zero`` on a shaded strip 1.5 decades below the smallest non-zero
+  value (a log axis has no 0), labelled ZERO_LABEL; returns the positions to plot."""
+  values = np.asarray(values, float)
+  if not zero.any():
+    return values
+  nonzero = values[~zero]
+  at = (nonzero.min() if nonzero.size else 1.0) / 10**1.5
+  if which == "y":
+    ax.axhspan(at / 10**0.4, at * 10**0.4, color="0.9", zorder=0)
+    ax.text(0.01, at * 10**0.25, ZERO_LABEL, transform=ax.get_yaxis_transform(), fontsize=9,
+            va="bottom")
+  else:
+    ax.axvspan(at / 10**0.4, at * 10**0.4, color="0.9", zorder=0)
+    ax.text(at * 10**0.25, 0.99, ZERO_LABEL, transform=ax.get_xaxis_transform(), fontsize=9,
+            va="top", rotation=90)
+  return np.where(zero, at, values)
+
+
+def _encoded_scatter(ax, trials, x, y, *, xerr=None, yerr=None, front=(), zero_x=None,
+                     zero_y=None):
+  """One point per trial: colour = estimator, marker = window K, size = particles N, hollow =
+  several chains, a black ring = Pareto front; error bars from standard errors. Returns the
+  legend's handles."""
+  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+  settings = [t.user_attrs["settings"] for t in trials]
+  windows = sorted({s["num_steps"] for s in settings})
+  particles = sorted({s["num_particles"] for s in settings
+                      if "num_particles" in metaopt.estimator_info(s["estimator"]).takes})
+  size = lambda s: (40 + 60 * particles.index(s["num_particles"]) if "num_particles" in
+                    metaopt.estimator_info(s["estimator"]).takes else 40)
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  if zero_x is not None:
+    x = _zero_strip(ax, "x", x, zero_x)
+  if zero_y is not None:
+    y = _zero_strip(ax, "y", y, zero_y)
+  for i, (t, s) in enumerate(zip(trials, settings)):
+    est = s["estimator"].split("[")[0]
+    color = COLORS.get(est, "k")
+    if xerr is not None or yerr is not None:
+      # A log axis has no room below zero: a lower bar longer than the value stops at 1% of it.
+      bar = lambda err, v: None if err is None else [[min(err[i], 0.99 * v)], [err[i]]]
+      ax.errorbar(x[i], y[i], xerr=bar(xerr, x[i]), yerr=bar(yerr, y[i]), fmt="none",
+                  ecolor=color, alpha=0.5, lw=1)
+    hollow = s.get("num_chains", 1) > 1
+    ax.scatter(x[i], y[i], s=size(s), marker=_MARKERS[windows.index(s["num_steps"]) % 8],
+               facecolors="none" if hollow else color, edgecolors=color, linewidths=1.5,
+               zorder=3)
+    if t.number in front:
+      ax.scatter(x[i], y[i], s=size(s) * 3, marker="o", facecolors="none", edgecolors="k",
+                 linewidths=1, zorder=2)
+  grey = dict(color="0.4", linestyle="none")
+  handles = [Line2D([], [], marker="o", color=COLORS.get(e.split("[")[0], "k"), linestyle="none",
+                    label=e) for e in dict.fromkeys(s["estimator"] for s in settings)]
+  handles += [Line2D([], [], marker=_MARKERS[i % 8], label=f"K = {k}", **grey)
+              for i, k in enumerate(windows)]
+  handles += [Line2D([], [], marker="o", markersize=np.sqrt(40 + 60 * i), label=f"N = {n}",
+                     **grey) for i, n in enumerate(particles)]
+  handles += [Line2D([], [], marker="o", markerfacecolor="0.4", label="1 chain", **grey),
+              Line2D([], [], marker="o", markerfacecolor="none", label="several chains", **grey)]
+  if front:
+    handles.append(Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor="k",
+                          markersize=12, linestyle="none", label="Pareto front"))
+  return handles
+
+
+def bias2_variance_axes(trials, front=()):
+  """The bias² against variance figure (with error bars); exact zeros on their own strips."""
   plt = _plt()
-  trials = complete_trials(study)
+  fig, ax = plt.subplots(figsize=(9, 6))
+  a = [t.user_attrs for t in trials]
+  scale = np.array([x["exact_norm2"] for x in a])
+  bias2, variance = np.array([x["bias2"] for x in a]), np.array([x["variance"] for x in a])
+  handles = _encoded_scatter(
+      ax, trials, bias2, variance, xerr=[x["bias2_se"] for x in a],
+      yerr=[x.get("variance_se", 0.0) for x in a], front=front,
+      zero_x=bias2 <= ZERO_FRACTION * scale, zero_y=variance <= ZERO_FRACTION * scale)
+  ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
+  return fig, ax
+
+
+def bias_variance_figures(study, folder):
+  trials = sorted(complete_trials(study), key=sort_key)
   if not trials:
     return []
   front = {t.number for t in study.best_trials}
   paths = []
-  fig, ax = plt.subplots(figsize=(7, 5))
-  tiny = 1e-12
-  for t in trials:
-    a = t.user_attrs
-    est = a["settings"]["estimator"].split("[")[0]
-    ax.scatter(max(a["bias2"], tiny), max(a["variance"], tiny), color=COLORS.get(est, "k"),
-               s=60 if t.number in front else 25, edgecolors="k" if t.number in front else "none",
-               label=est)
-  _legend_once_per_label(ax)
-  ax.set_xscale("log")
-  ax.set_yscale("log")
+  fig, ax = bias2_variance_axes(trials, front)
   paths.append(_save(
-      fig, ax, os.path.join(folder, "bias2_vs_variance.png"), "bias² (|mean estimate − exact|²)",
-      "variance (E|d − mean d|², d = estimate − exact)",
-      "bias² against variance (zeros drawn at 1e-12)\n"
-      "outlined: Pareto front of (bias², variance, cost)", fontsize=10))
+      fig, ax, os.path.join(folder, "bias2_vs_variance.png"),
+      "bias² = |mean estimate − exact|² (± standard error)",
+      "variance of one estimate (± standard error)",
+      "bias² against variance: colour estimator, marker window K, size particles N,\n"
+      f"hollow several chains, ringed Pareto front of (bias², variance, cost); {ZERO_LABEL}: "
+      "zero to float precision", fontsize=10))
 
-  fig, ax = plt.subplots(figsize=(7, 5))
-  for t in trials:
-    a = t.user_attrs
-    est = a["settings"]["estimator"].split("[")[0]
-    ax.scatter(a["cost_plain_steps"], max(a["relative_mse"], tiny), color=COLORS.get(est, "k"),
-               label=est)
-  _legend_once_per_label(ax)
-  ax.set_xscale("log")
-  ax.set_yscale("log")
-  paths.append(_save(fig, ax, os.path.join(folder, "cost_vs_mse.png"),
-                     "cost per estimate (plain inner steps)", "relative MSE of one estimate",
-                     "cost against MSE"))
-
-  # Variance against cost, one labelled point per estimator and option (variance x cost decides).
-  fig, ax = plt.subplots(figsize=(9, 6))
-  for t in trials:
-    a = t.user_attrs
-    est = a["settings"]["estimator"].split("[")[0]
-    x, y = a["cost_plain_steps"], max(a["variance"], tiny)
-    ax.errorbar(x, y, yerr=a.get("variance_se", 0), fmt="o", color=COLORS.get(est, "k"))
-    ax.annotate(label(t), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-  ax.set_xscale("log")
-  ax.set_yscale("log")
-  paths.append(_save(fig, ax, os.path.join(folder, "variance_vs_cost.png"),
-                     "cost per estimate (plain inner steps)",
-                     "variance of one estimate (± standard error)", "variance against cost"))
+  plt = _plt()
+  a = [t.user_attrs for t in trials]
+  scale = np.array([x["exact_norm2"] for x in a])
+  for name, key, err, ylabel in (
+      ("variance_vs_cost.png", "variance", "variance_se", "variance of one estimate (± se)"),
+      ("cost_vs_mse.png", "relative_mse", None, "relative MSE of one estimate (MSE / |exact|²)")):
+    fig, ax = plt.subplots(figsize=(9, 6))
+    y = np.array([x[key] for x in a])
+    zero = y <= ZERO_FRACTION * (scale if key == "variance" else 1.0)
+    handles = _encoded_scatter(ax, trials, [x["cost_plain_steps"] for x in a], y,
+                               yerr=None if err is None else [x.get(err, 0.0) for x in a],
+                               front=front, zero_y=zero)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
+    paths.append(_save(fig, ax, os.path.join(folder, name),
+                       "cost per estimate (plain inner steps, median of timed repeats)", ylabel,
+                       f"{key.replace('_', ' ')} against cost (the same encoding)"))
   return paths
 
 
@@ -170,31 +254,22 @@ def tuning_figures(study, folder):
   return paths
 
 
-def history_figure(study, folder, target=None, target_name="value"):
-  plt = _plt()
-  import warnings  # pylint: disable=g-import-not-at-top
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    ax = optuna.visualization.matplotlib.plot_optimization_history(
-        study, target=target, target_name=target_name)
-  path = os.path.join(folder, "optimization_history.png")
-  ax.figure.set_size_inches(7, 5)
-  ax.figure.tight_layout()
-  ax.figure.savefig(path, dpi=100)
-  plt.close(ax.figure)
-  return [path]
-
-
 def tensorboard_sessions(study, folder, metrics):
-  """One hparams session per finished trial under folder/trial_<n>, to sort and filter trials."""
+  """One hparams session per finished trial under folder/trial_<nnnn> (zero-padded: sessions
+  sort by number), with only the settings its estimator uses, to sort and filter trials."""
   for t in complete_trials(study):
-    run = os.path.join(folder, f"trial_{t.number:04d}")
+    name = f"trial_{t.number:04d}"
+    run = os.path.join(folder, name)
     if os.path.isdir(run):
       continue  # written by an earlier report
-    writer = metaopt.SummaryWriter(run)
     params = dict(t.user_attrs.get("settings", t.params))
+    if "estimator" in params:  # rtrl has no particles: no num_particles column for it
+      takes = metaopt.estimator_info(params["estimator"]).takes
+      params = {k: v for k, v in params.items()
+                if k not in ("num_steps", "num_particles", "sigma") or k in takes}
+    writer = metaopt.SummaryWriter(run)
     values = {m: float(t.user_attrs[m]) for m in metrics if m in t.user_attrs}
-    writer.hparams(params, values, step=0, trial_id=f"trial_{t.number}")
+    writer.hparams(params, values, step=0, trial_id=name)
     writer.close()
 
 
@@ -204,22 +279,17 @@ def write_report(study, kind, folder):
   write_csv(study, os.path.join(folder, "trials.csv"))
   if kind == "bias_variance":
     figures = bias_variance_figures(study, folder)
-    if complete_trials(study):
-      figures += history_figure(study, folder, target=lambda t: t.values[1],
-                                target_name="variance")
     tensorboard_sessions(study, os.path.join(folder, "tensorboard"),
                          ["bias2", "variance", "mse", "relative_mse", "cost_seconds",
                           "cost_plain_steps"])
     if complete_trials(study):
       text = ("Pareto front of (bias^2, variance, cost):\n\n" + pareto_table(study)
               + "\n\nAll finished trials:\n\n"
-              + pareto_table(study, sorted(complete_trials(study), key=label)))
+              + pareto_table(study, sorted(complete_trials(study), key=sort_key)))
     else:
       text = "no finished trials"
   else:
     figures = tuning_figures(study, folder)
-    if complete_trials(study):
-      figures += history_figure(study, folder, target_name="final validation loss")
     tensorboard_sessions(study, os.path.join(folder, "tensorboard"), ["inner_steps"])
     text = tuning_table(study)
   with open(os.path.join(folder, "summary.md"), "w") as f:

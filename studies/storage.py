@@ -380,7 +380,7 @@ def counts(study: optuna.Study) -> dict[str, int]:
 
 
 def run_trials(study: optuna.Study, objective, *, n_trials: int, max_trials: int | None = None,
-               catch=(), max_retry: int = 2) -> int:
+               catch=(), max_retry: int = 2, callbacks=()) -> int:
   """Runs trials in this process until the study has ``n_trials`` complete ones.
 
   Trials under way in other workers count as spent (they will most likely
@@ -396,6 +396,7 @@ def run_trials(study: optuna.Study, objective, *, n_trials: int, max_trials: int
     max_trials: at most this many trials in this process (None: no limit).
     catch: exceptions of the objective that fail the trial and go on.
     max_retry: retries of a trial whose worker died (see :func:`reclaim_dead_trials`).
+    callbacks: more Optuna callbacks ``(study, trial)``, called after each trial here.
 
   Returns:
     The number of trials this process ran.
@@ -408,7 +409,8 @@ def run_trials(study: optuna.Study, objective, *, n_trials: int, max_trials: int
   reclaim_dead_trials(study, max_retry=max_retry)
   mine = []
   record = lambda s, t: mine.append(t.number)
-  callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,)), record]
+  callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,)), record,
+               *callbacks]
   if counts(study).get("COMPLETE", 0) >= n_trials:
     return 0
   try:

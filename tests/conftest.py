@@ -1,13 +1,23 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# One persistent XLA compilation cache for the session (set before anything imports jax), which
+# the launch scripts the tests run as subprocesses inherit: a program many tests build (the same
+# tiny problem, estimator and tuner) compiles once. JAX keys the cache by the program and its
+# compile options, so a hit is the same executable. Fresh per session; a user's own setting wins.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="metaopt-test-xla-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+
 import glob
-import shutil
 import socket
 import subprocess
-import tempfile
 
 import chex
 import pytest

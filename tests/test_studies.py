@@ -102,7 +102,7 @@ def test_two_sqlite_workers_share_one_study_and_a_rerun_continues_it(tmp_path):
   assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
   assert all("bias2" in t.user_attrs and len(t.values) == 3 for t in trials)
   for name in ("trials.csv", "bias2_vs_variance.png", "cost_vs_mse.png",
-               "optimization_history.png", "summary.md"):
+               "variance_vs_cost.png", "summary.md"):
     assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
   assert len(os.listdir(os.path.join(out_dir, "tensorboard"))) == 6
   assert "| trial | estimator |" in run.stdout
@@ -289,3 +289,86 @@ def test_a_postgresql_password_is_never_shown_nor_on_worker_command_lines(postgr
       with open(os.path.join(folder, name), "rb") as f:
         assert b"s3cr3tpw" not in f.read(), name
   assert len(load(postgres_url, "pw").trials) == 2
+
+
+# What a person reads of a study: its figures, summary and TensorBoard sessions.
+
+def fake_trial(number, estimator, *, bias2, variance, num_steps=10, num_particles=2,
+               num_chains=1, scale=18.0):
+  """A finished bias_variance trial with the attributes the report reads (no compute)."""
+  attrs = {"bias2": bias2, "bias2_se": 0.1 * bias2, "variance": variance,
+           "variance_se": 0.1 * variance, "exact_norm2": scale, "relative_mse": (
+               bias2 + variance) / scale, "cost_seconds": 1e-3, "cost_plain_steps": 10.0 + number,
+           "mse": bias2 + variance, "settings": {
+               "estimator": estimator, "num_steps": num_steps, "num_particles": num_particles,
+               "sigma": 0.01, "num_chains": num_chains}}
+  trial = optuna.trial.create_trial(values=[bias2, variance, 1e-3], user_attrs=attrs,
+                                    params={"estimator": estimator}, distributions={
+                                        "estimator": optuna.distributions.CategoricalDistribution(
+                                            ["tbptt", "rtrl", "uoro", "pes"])})
+  trial.number = number
+  return trial
+
+
+FAKE = [fake_trial(0, "pes", bias2=0.01, variance=9.0, num_particles=32),
+        fake_trial(1, "pes", bias2=0.02, variance=40.0, num_particles=8),
+        fake_trial(2, "rtrl", bias2=1e-12, variance=0.0),
+        fake_trial(3, "tbptt", bias2=17.0, variance=0.0, num_steps=1),
+        fake_trial(4, "uoro", bias2=0.005, variance=20.0, num_chains=4)]
+
+
+def test_summary_rows_sort_by_estimator_then_numerically():
+  from studies import report  # pylint: disable=g-import-not-at-top
+  labels = [report.label(t) for t in sorted(FAKE, key=report.sort_key)]
+  assert labels == ["tbptt K=1", "rtrl K=10", "uoro K=10 C=4", "pes K=10 N=8 sigma=0.01",
+                    "pes K=10 N=32 sigma=0.01"]  # N=8 before N=32
+
+
+def test_exact_estimates_sit_on_a_marked_zero_strip_not_at_1e_minus_12():
+  from studies import report  # pylint: disable=g-import-not-at-top
+  fig, ax = report.bias2_variance_axes(FAKE, front={2, 3})
+  texts = [t.get_text() for t in ax.texts]
+  assert texts.count(report.ZERO_LABEL) == 2  # a strip for bias² and one for variance
+  # the axes span the non-zero data and the strips, not 14 empty decades down to 1e-12
+  assert ax.get_ylim()[0] > 9.0 / 10**3 and ax.get_xlim()[0] > 0.005 / 10**3
+  legend = [t.get_text() for t in ax.get_legend().get_texts()]
+  assert {"K = 1", "K = 10", "N = 8", "N = 32", "several chains", "Pareto front"} <= set(legend)
+  report._plt().close(fig)
+
+
+def test_trial_sessions_are_zero_padded_and_hold_only_the_options_used(tmp_path):
+  from studies import report  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
+
+  class Study:  # what tensorboard_sessions reads of a study
+    trials = FAKE
+  report.tensorboard_sessions(Study(), str(tmp_path), ["bias2", "variance"])
+  assert sorted(os.listdir(tmp_path)) == [f"trial_000{i}" for i in range(5)]
+  for number, used in ((2, {"estimator", "num_steps", "num_chains"}),
+                       (0, {"estimator", "num_steps", "num_particles", "sigma", "num_chains"})):
+    acc = event_accumulator.EventAccumulator(str(tmp_path / f"trial_000{number}"))
+    acc.Reload()
+    info = plugin_data_pb2.HParamsPluginData.FromString(acc.summary_metadata[
+        "_hparams_/session_start_info"].plugin_data.content).session_start_info
+    assert set(info.hparams) == used and info.group_name == f"trial_000{number}"
+
+
+def test_a_grid_has_no_repeated_cells():
+  from launch import study as launch_study  # pylint: disable=g-import-not-at-top
+  ctx = bias_variance.Context("toy_regression", {}, ("tbptt", "rtrl", "uoro", "pes"), (1, 10),
+                              (2, 8, 32), (0.01, 0.01), (1, 4), 8, 0, "full_bptt", "unused")
+  cells = launch_study.grid_cells(ctx)
+  assert len(cells) == 24  # (tbptt, rtrl, uoro) x K x C + pes x K x N x C, each once
+  assert len({tuple(sorted(c.items())) for c in cells}) == 24
+
+
+def test_cost_is_the_median_of_timed_repeats():
+  problem = bias_variance.make_problem(bias_variance.Context(
+      "influence_balancing", {"horizon": 20}, ("rtrl",), (5,), (2,), (0.01, 0.01), (1,), 4, 0,
+      "full_bptt", "unused"))
+  exact = lambda c, w: np.ones((4, 1))
+  out = bias_variance.measure(problem, "rtrl", num_steps=5, num_particles=2, sigma=0.01,
+                              num_chains=1, num_samples=4, seed=0, exact_mean_fn=exact)
+  assert len(out["cost_seconds_repeats"]) == bias_variance.TIMING_REPEATS >= 3
+  assert out["cost_seconds"] == pytest.approx(np.median(out["cost_seconds_repeats"]))
