@@ -5,7 +5,8 @@ each estimator's window gradient updates the weights while the stream runs.
 Every estimator starts from the same weights and sees the same stream. Per
 estimator, TensorBoard curves go to <logdir>/<estimator>/ (online loss,
 evaluation accuracy and loss on a fresh stream with frozen weights); the
-comparison goes to <logdir>/summary.json and <logdir>/summary.md.
+comparison goes to <logdir>/summary.json, <logdir>/summary.md and a plot of
+accuracy against stream steps, <logdir>/accuracy.png.
 
 Examples:
   python -m launch.online_rnn --flagfile=launch/configs/online_recall.flags
@@ -31,6 +32,7 @@ import numpy as np
 import optax
 
 import metaopt
+from studies import report
 import unrolled
 from unrolled import online_rnn
 
@@ -157,7 +159,7 @@ def claim_logdir(logdir):
   try:
     claim_logdir.lock = metaopt.lock_folder(logdir)  # held until the process ends
     metaopt.remove_stale_temporaries(logdir)
-    metaopt.refuse_links(logdir, ["summary.json", "summary.md"] +
+    metaopt.refuse_links(logdir, ["summary.json", "summary.md", "accuracy.png"] +
                          [safe_name(spec) for spec in _ESTIMATORS.value])
   except OSError as e:
     raise app.UsageError(f"--logdir: {e.strerror or e}") from None
@@ -268,7 +270,10 @@ def main(argv):
   metaopt.write_atomic(os.path.join(logdir, "summary.json"), json.dumps(summary, indent=1))
   table = markdown(records, forward, problem)
   metaopt.write_atomic(os.path.join(logdir, "summary.md"), table)
-  print("\n" + table + f"written to {logdir}/summary.json and summary.md")
+  report.online_curves(records, os.path.join(logdir, "accuracy.png"),
+                       f"{problem.description} (seed {_SEED.value})",
+                       target=_TARGET_ACCURACY.value)
+  print("\n" + table + f"written to {logdir}/summary.json, summary.md and accuracy.png")
 
 
 if __name__ == "__main__":

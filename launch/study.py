@@ -70,7 +70,7 @@ _REPORT = flags.DEFINE_bool("report", True, "Write figures, CSV and TensorBoard 
 _ESTIMATORS = flags.DEFINE_list(
     "estimators", ["tbptt", "rtrl", "uoro", "pes"],
     "Estimators the trials choose from; options in brackets separated by ';', e.g. "
-    "uoro[rho=variance;rank=4].")
+    "uoro[rho=one_step_variance;rank=4].")
 _NUM_STEPS = flags.DEFINE_list("num_steps", ["1", "5", "10", "20"], "Window lengths to choose from.")
 _NUM_PARTICLES = flags.DEFINE_list("num_particles", ["2", "8", "32"], "Particles to choose from.")
 _SIGMA = flags.DEFINE_list("sigma_range", ["0.001", "0.1"], "Log-uniform range of sigma.")

@@ -39,7 +39,7 @@ _PROBLEM_OPTION = flags.DEFINE_multi_string(
     "problem_option", [], "key=value option of the problem (repeatable), e.g. horizon=300.")
 _ESTIMATOR = flags.DEFINE_string(
     "estimator", "rtrl", f"Hypergradient estimator: one of {', '.join(metaopt.ESTIMATORS)}, "
-    "optionally with options, e.g. uoro[rho=variance,rank=4].")
+    "optionally with options, e.g. uoro[rho=one_step_variance,rank=4].")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 10, "Inner steps per window (must divide the horizon).")
 _NUM_PARTICLES = flags.DEFINE_integer("num_particles", 8,
                                       f"Particles (even) of {_TAKING['num_particles']}.")

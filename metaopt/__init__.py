@@ -10,6 +10,8 @@ from metaopt._src import timing
 from metaopt._src.base import Estimator
 from metaopt._src.base import full_unroll
 from metaopt._src.base import UnrolledSystem
+from metaopt._src.dense import dense_system
+from metaopt._src.dense import DenseSystem
 from metaopt._src.elementwise import cell_outputs
 from metaopt._src.elementwise import elementwise_system
 from metaopt._src.elementwise import ElementwiseCell
@@ -74,6 +76,8 @@ from metaopt._src.tuner import tuner
 from metaopt._src.tuner import TunerState
 from metaopt._src.uoro import uoro
 from metaopt._src.uoro import UOROState
+from metaopt._src.uoro_preactivation import uoro_preactivation
+from metaopt._src.uoro_preactivation import UOROPreactivationState
 from metaopt._src.window import split_window_key
 from metaopt._src.window import WindowKeys
 from metaopt._src.window import windowed
@@ -87,6 +91,8 @@ __all__ = (
     "checkpoint",
     "coordinate_names",
     "copies_per_step",
+    "DenseSystem",
+    "dense_system",
     "ElementwiseCell",
     "elementwise_system",
     "ElementwiseSystem",
@@ -148,6 +154,8 @@ __all__ = (
     "UnrolledSystem",
     "uoro",
     "UOROState",
+    "uoro_preactivation",
+    "UOROPreactivationState",
     "window_keys",
     "windowed",
     "window_length",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import textwrap
 
 import numpy as np
 import optuna
@@ -72,6 +73,22 @@ def _legend_once_per_label(ax):
   handles, labels = ax.get_legend_handles_labels()
   unique = dict(zip(labels, handles))
   ax.legend(unique.values(), unique.keys(), fontsize=8)
+
+
+def online_curves(records, path, title, *, target=None):
+  """Evaluation accuracy against stream steps, one line per estimator (``launch.online_rnn``)."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for record in records:
+    steps = [point[0] for point in record["curve"]]
+    accuracy = [point[1] for point in record["curve"]]
+    ax.plot(steps, accuracy, marker=".", label=record["estimator"])
+  if target is not None:
+    ax.axhline(target, color="gray", linestyle=":", linewidth=1)
+  ax.set_ylim(0, 1.02)
+  ax.legend(fontsize=8)
+  return _save(fig, ax, path, "stream steps (one weight update per window)",
+               "accuracy on a fresh stream", textwrap.fill(title, 90), fontsize=9)
 
 
 def write_csv(study, path):

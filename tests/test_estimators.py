@@ -21,7 +21,8 @@ EXACT = {
 }
 UNBIASED = {
     "uoro": lambda system, n: metaopt.uoro(system, num_steps=n),
-    "uoro_variance_rho": lambda system, n: metaopt.uoro(system, num_steps=n, rho="variance"),
+    "uoro_one_step_variance": lambda system, n: metaopt.uoro(system, num_steps=n,
+                                                             rho="one_step_variance"),
     "uoro_fixed_gaussian": lambda system, n: metaopt.uoro(system, num_steps=n, rho="fixed",
                                                           noise="gaussian"),
     "uoro_diagonal_shaping": lambda system, n: metaopt.uoro(system, num_steps=n,

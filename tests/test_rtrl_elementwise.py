@@ -199,6 +199,7 @@ def test_launch_online_rnn_trains_and_logs_every_estimator(tmp_path):
     assert [float(tensor_util.make_ndarray(e.tensor_proto)) for e in accuracy] == pytest.approx(
         [c[1] for c in record["curve"]])
   assert "| rtrl_elementwise |" in open(os.path.join(logdir, "summary.md")).read()
+  assert open(os.path.join(logdir, "accuracy.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ def test_non_scalar_loss_is_refused():
 
 @pytest.mark.parametrize("make", [
     lambda s: metaopt.rtrl(s, num_steps=2),
-    lambda s: metaopt.uoro(s, num_steps=2, rank=2, rho="variance", shaping="diagonal"),
+    lambda s: metaopt.uoro(s, num_steps=2, rank=2, rho="one_step_variance", shaping="diagonal"),
     lambda s: metaopt.forward_gradient(s, num_steps=2),
     lambda s: metaopt.reinforce(s, num_steps=2, sigma=0.01),
     lambda s: metaopt.pes(s, num_steps=2, num_particles=2, sigma=0.01),

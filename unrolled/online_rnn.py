@@ -107,15 +107,7 @@ def online_rnn(*, cell: str = "elstm", task: str = "delayed_recall", hidden_size
 
 
 def _dense_system(layer, stream, readout_loss, horizon):
-  def init(key, theta):
-    n = theta["cell"]["b"].shape[0]
-    return metaopt.RecurrentState(jnp.zeros((n, layer.num_channels), theta["cell"]["b"].dtype),
-                                  stream.init(key))
-
-  def step(state, theta, key):
-    stream_state, x, target = stream.observe(state.stream, key)
-    hidden = layer.dense_step(state.hidden, theta["cell"], x)
-    return (metaopt.RecurrentState(hidden, stream_state),
-            readout_loss(theta["readout"], hidden, target))
-
-  return metaopt.UnrolledSystem(init, step, horizon)
+  """The dense tanh layer through metaopt.dense_system, which exposes its preactivations."""
+  del layer  # cells.dense_tanh's step is what dense_system computes
+  return metaopt.dense_system(stream_init=stream.init, observe=stream.observe,
+                              readout_loss=readout_loss, horizon=horizon, activation=jnp.tanh)

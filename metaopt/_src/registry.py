@@ -18,6 +18,7 @@ from metaopt._src.tbptt import full_bptt
 from metaopt._src.tbptt import tbptt
 from metaopt._src.truncated_es import truncated_es
 from metaopt._src.uoro import uoro
+from metaopt._src.uoro_preactivation import uoro_preactivation
 
 SHARED_OPTIONS = ("num_steps", "num_particles", "sigma")
 
@@ -66,6 +67,8 @@ ESTIMATOR_TABLE: dict[str, EstimatorInfo] = {info.name: info for info in (
     EstimatorInfo("rtrl", rtrl, ("num_steps",), source="Williams & Zipser 1989; OHO"),
     EstimatorInfo("uoro", uoro, ("num_steps",), target="unbiased",
                   source="Tallec & Ollivier 2018; Cooijmans & Martens 2019"),
+    EstimatorInfo("uoro_preactivation", uoro_preactivation, ("num_steps",), target="unbiased",
+                  source="Cooijmans & Martens 2019 (cf. Mujika et al. 2018, KF-RTRL)"),
     EstimatorInfo("pes", pes, _ES, particles=True, copies=lambda o, n: n, target="smoothed",
                   source="Vicol, Metz & Sohl-Dickstein 2021"),
     EstimatorInfo("truncated_es", truncated_es, _ES, copies=lambda o, n: n + 1,
@@ -84,7 +87,7 @@ ESTIMATORS = tuple(ESTIMATOR_TABLE)
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
-  """``"uoro[rho=variance,rank=4]"`` -> ``("uoro", {"rho": "variance", "rank": 4})``.
+  """``"uoro[rho=one_step_variance,rank=4]"`` -> ``("uoro", {"rho": "one_step_variance", "rank": 4})``.
 
   Options may also be separated by ``;`` (handy inside comma-separated flag lists).
 
@@ -148,7 +151,7 @@ def estimator_options(spec: str, *, num_steps: int, num_particles: int = 8,
 def get_estimator(spec: str, system: base.UnrolledSystem, *, num_steps: int,
                   num_particles: int = 8, sigma: float = 0.01,
                   spread_copies: bool = True) -> base.Estimator:
-  """Builds an estimator from its name, or a spec with options: ``"uoro[rho=variance,rank=4]"``.
+  """Builds an estimator from its name, or a spec with options: ``"uoro[rho=one_step_variance,rank=4]"``.
 
   ``num_steps``, ``num_particles`` and ``sigma`` go to the estimators that take
   them (see :class:`EstimatorInfo` ``takes``; ``full_bptt`` ignores

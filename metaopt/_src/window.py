@@ -61,7 +61,8 @@ def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
              start: Callable[[base.PyTree, WindowKeys, jax.Array], Any],
              window: Callable[[Begin, base.PyTree, WindowKeys], tuple[Fields, base.PyTree, dict]],
              resume: Callable[[Fields], Any] | None = None,
-             check_theta: Callable[[base.PyTree], None] | None = None) -> base.Estimator:
+             check_theta: Callable[[base.PyTree], None] | None = None,
+             start_sees_previous: bool = False) -> base.Estimator:
   """Builds an :class:`~metaopt.Estimator` from one window's math.
 
   The estimator's state is a ``state_type`` NamedTuple whose fields are
@@ -105,6 +106,9 @@ def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
       and ``metrics["loss"]`` is that sum.
     resume: ``resume(fields) -> carry`` away from a horizon start.
     check_theta: extra validation of theta at ``init`` (raises ValueError).
+    start_sees_previous: call ``start(theta, keys, init_key, previous)`` with
+      the fields the previous horizon ended with (``None`` at ``init``), for an
+      estimator that learns across horizons (UORO's online noise shaping).
 
   Returns:
     An :class:`~metaopt.Estimator`.
@@ -154,7 +158,9 @@ def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
     base.check_system_shapes(system, key, theta)
     key = base.as_key(base.key_data(key))
     keys = split_window_key(key, num_steps)
-    shapes = jax.eval_shape(lambda th: window(lambda t: start(t, keys, key), th, keys)[0], theta)
+    first = (lambda t: start(t, keys, key, None)) if start_sees_previous else (
+        lambda t: start(t, keys, key))
+    shapes = jax.eval_shape(lambda th: window(first, th, keys)[0], theta)
     inner = system.init(key, theta)
     fields = [jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), f) for f in shapes]
     fields[0] = jax.tree.map(lambda x, s: jnp.broadcast_to(x, s.shape).astype(s.dtype),
@@ -174,7 +180,8 @@ def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
     fields = tuple(state)[:-len(owned)]
 
     def begin(th):
-      return jax.lax.cond(fresh, lambda: start(th, keys, base.as_key(state.init_key)),
+      previous = (fields,) if start_sees_previous else ()
+      return jax.lax.cond(fresh, lambda: start(th, keys, base.as_key(state.init_key), *previous),
                           lambda: resume(fields))
 
     fields, grad, metrics = window(begin, theta, keys)
