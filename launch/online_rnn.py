@@ -100,7 +100,8 @@ def validate_flags():
         cell=_CELL.value, task=_TASK.value, hidden_size=_HIDDEN_SIZE.value, seed=_SEED.value,
         eval_steps=_EVAL_STEPS.value, task_options=task_options)
     # The weights' size from shapes alone: an absurd --hidden_size is refused before allocation.
-    _check_bytes(metaopt.state_bytes(_Weights(), jax.eval_shape(lambda: build().theta)), "weights")
+    _check_bytes(metaopt.state_bytes(launch.WEIGHTS, jax.eval_shape(lambda: build().theta)),
+                 "weights")
     problem = build()
   except ValueError as e:
     raise app.UsageError(f"--task_option / --cell: {e}") from None
@@ -141,17 +142,8 @@ def validate_flags():
   return problem, windows, logdir
 
 
-class _Weights:
-  """state_bytes of the weights themselves: an 'estimator' whose state is theta."""
-  init = staticmethod(lambda key, theta: theta)
-
-
-def _check_bytes(nbytes, what, working_factor=4):
-  have = metaopt.available_bytes()
-  if have is not None and working_factor * nbytes > have:
-    raise app.UsageError(f"--hidden_size={_HIDDEN_SIZE.value}: {what} need about "
-                         f"{working_factor * nbytes / 2**30:.3g} GiB with working memory; "
-                         f"{have / 2**30:.3g} GiB is available: lower it")
+def _check_bytes(nbytes, what):
+  launch.check_bytes(nbytes, what, f"--hidden_size={_HIDDEN_SIZE.value}")
 
 
 def claim_logdir(logdir):

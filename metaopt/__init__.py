@@ -6,7 +6,13 @@ estimates d(sum of losses)/d theta window by window).
 """
 
 from metaopt._src import checkpoint
+from metaopt._src.agent import agent_system
+from metaopt._src.agent import AgentState
+from metaopt._src.agent import AgentSystem
 from metaopt._src import timing
+from metaopt._src.real_time_ppo import Learner
+from metaopt._src.real_time_ppo import real_time_ppo
+from metaopt._src.real_time_ppo import RealTimePPOState
 from metaopt._src.base import Estimator
 from metaopt._src.base import full_unroll
 from metaopt._src.base import UnrolledSystem
@@ -85,6 +91,12 @@ from metaopt._src.window import windowed
 __version__ = "0.1.0"
 
 __all__ = (
+    "Learner",
+    "real_time_ppo",
+    "RealTimePPOState",
+    "agent_system",
+    "AgentState",
+    "AgentSystem",
     "available_bytes",
     "cell_outputs",
     "check_memory",

@@ -91,6 +91,31 @@ def online_curves(records, path, title, *, target=None):
                "accuracy on a fresh stream", textwrap.fill(title, 90), fontsize=9)
 
 
+def return_curves(records, path, title):
+  """Episodic return against environment steps, mean and 95% CI over seeds, one line per
+  (cell, estimator): colour by cell, line style by estimator (``launch.online_rl``)."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(8.5, 4.8))
+  cells = list(dict.fromkeys(r["cell"] for r in records))
+  specs = list(dict.fromkeys(r["estimator"] for r in records))
+  styles = ["-", "--", ":", "-."]
+  for record in records:
+    steps = np.array([point[0] for point in record["curve"]])
+    returns = np.array([point[1] for point in record["curve"]], np.float64)  # (points, seeds)
+    mean = np.nanmean(returns, axis=1)
+    count = np.sum(np.isfinite(returns), axis=1)
+    half = (1.96 * np.nanstd(returns, axis=1, ddof=1) / np.sqrt(np.maximum(count, 1))
+            if returns.shape[1] > 1 else np.zeros_like(mean))
+    color = f"C{cells.index(record['cell']) % 10}"
+    ax.plot(steps, mean, color=color, linestyle=styles[specs.index(record["estimator"]) % 4],
+            label=f"{record['cell']} {record['estimator']}")
+    ax.fill_between(steps, mean - half, mean + half, color=color, alpha=0.08)
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  return _save(fig, ax, path, "environment steps (per environment)",
+               "undiscounted episodic return (mean, 95% CI over seeds)",
+               textwrap.fill(title, 90), fontsize=9)
+
+
 def write_csv(study, path):
   trials = study.trials
   attr_names = sorted({k for t in trials for k, v in t.user_attrs.items()

@@ -1,4 +1,5 @@
-"""Every bad flag value of launch.tune, launch.online_rnn and launch.benchmark is refused by the
+"""Every bad flag value of launch.tune, launch.online_rnn, launch.online_rl and launch.benchmark is
+refused by the
 script's validate_flags() with one line naming the flag, before any file is written.
 
 The table runs in one subprocess per script (the three scripts define flags of the same names,
@@ -23,6 +24,9 @@ BASE = {
              "--meta_lr=1e-4", "--estimator=rtrl", "--logdir={case}/run"],
     "online_rnn": ["--hidden_size=8", "--train_steps=20", "--eval_every=10", "--eval_steps=10",
                    "--estimators=rtrl_elementwise,uoro", "--logdir={case}/run"],
+    "online_rl": ["--env=repeat_first", "--hidden_size=4", "--num_envs=2", "--seeds=2",
+                  "--train_steps=20", "--log_every=10", "--cells=rtu_linear,elstm",
+                  "--estimators=rtrl_elementwise,tbptt[num_steps=2]", "--logdir={case}/run"],
     "benchmark": ["--suites=headline", "--estimators=tbptt", "--sweep_estimators=tbptt",
                   "--memory_estimators=tbptt", "--repeats=1", "--output_dir={case}/out"],
 }
@@ -94,6 +98,32 @@ CASES = {
         (["--target_accuracy=-0.1"], "target_accuracy"),
         (["--target_accuracy=1.5"], "target_accuracy"),
         (["--seed=-1"], "seed"), ([f"--seed={BIG}"], "seed"),
+        (["--logdir=/proc/metaopt-cannot-write-here"], "logdir"),
+        (["--logdir={case}/file.txt/run"], "logdir"), (["--logdir={case}/link"], "logdir"),
+    ],
+    "online_rl": [
+        (["--env=pong"], "env"), (["--env_option=length=0"], "env_option"),
+        (["--env_option=nope=1"], "env_option"), (["--env_option=noequals"], "env_option"),
+        (["--cells=gru"], "cells"), (["--cells="], "cells"), (["--cells=elstm,elstm"], "cells"),
+        (["--estimators="], "estimators"), (["--estimators=bptt"], "estimators"),
+        (["--estimators=full_bptt"], "estimators"), (["--estimators=pes"], "estimators"),
+        (["--estimators=uoro,uoro"], "estimators"),
+        (["--estimators=tbptt[num_steps=3]"], "estimators"),
+        (["--num_steps=0"], "num_steps"), (["--hidden_size=0"], "hidden_size"),
+        (["--hidden_size=1000000000"], "hidden_size"), (["--num_envs=0"], "num_envs"),
+        (["--seeds=0"], "seeds"), (["--train_steps=0"], "train_steps"),
+        (["--train_steps=15"], "train_steps"), (["--log_every=0"], "log_every"),
+        (["--learning_rate=0"], "learning_rate"), (["--learning_rate=nan"], "learning_rate"),
+        (["--max_grad_norm=-1"], "max_grad_norm"), (["--gamma=1.5"], "gamma"),
+        (["--gamma=nan"], "gamma"), (["--entropy_cost=-1"], "entropy_cost"),
+        (["--value_cost=inf"], "value_cost"), (["--algorithm=dqn"], "algorithm"),
+        (["--algorithm=ppo"], "estimators"),
+        (["--algorithm=ppo", "--estimators=rtrl_elementwise", "--rollout_steps=3"],
+         "rollout_steps"),
+        (["--algorithm=ppo", "--estimators=rtrl_elementwise", "--rollout_steps=5",
+          "--ppo_minibatches=3"], "ppo_minibatches"),
+        (["--rollout_steps=0"], "rollout_steps"), (["--ppo_epochs=0"], "ppo_epochs"),
+        (["--clip=0"], "clip"), (["--clip=nan"], "clip"), (["--gae_lambda=2"], "gae_lambda"),
         (["--logdir=/proc/metaopt-cannot-write-here"], "logdir"),
         (["--logdir={case}/file.txt/run"], "logdir"), (["--logdir={case}/link"], "logdir"),
     ],

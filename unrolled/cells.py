@@ -38,7 +38,7 @@ def _normal(key, shape, fan_in):
   return jax.random.normal(key, shape) / math.sqrt(fan_in)
 
 
-def elstm(forget_bias: float = 1.0) -> RecurrentLayer:
+def elstm(forget_bias: float = 1.0, *, output_gate: str = "cell") -> RecurrentLayer:
   """Element-wise LSTM ("quasi-LSTM", Irie et al. 2023): diagonal recurrent weights.
 
   Per unit, with input rows W_z, W_f, W_o and recurrent scalars w_z, w_f::
@@ -48,7 +48,16 @@ def elstm(forget_bias: float = 1.0) -> RecurrentLayer:
 
   Args:
     forget_bias: initial b_f (a positive value starts with some memory).
+    output_gate: "cell", the per-unit gate above, inside the layer; or
+      "readout", as the reference code (IDSIA/rtrl-elstm): the layer outputs
+      c' and the gate, a dense sigmoid(W [x; c'] + b) over all units, belongs
+      to the readout (``unrolled.online_rl`` builds it). The gate has no
+      recurrent influence, so "readout" also drops W_o and b_o from the exact
+      traces (a third of an eLSTM's trace memory and work).
   """
+  if output_gate not in ("cell", "readout"):
+    raise ValueError(f'output_gate must be "cell" or "readout", got {output_gate!r}')
+  gated = output_gate == "cell"
 
   def initial(p):
     return jnp.zeros((1,), p["b_z"].dtype)
@@ -60,17 +69,21 @@ def elstm(forget_bias: float = 1.0) -> RecurrentLayer:
     return (f * c[0] + (1.0 - f) * z)[None]
 
   def output(c, p, x):
+    if not gated:
+      return c
     return jax.nn.sigmoid(p["W_o"] @ x.astype(p["W_o"].dtype) + p["b_o"]) * c
 
   def init_params(key, input_size, num_units):
     k = jax.random.split(key, 5)
     n = num_units
-    return {"W_z": _normal(k[0], (n, input_size), input_size),
-            "W_f": _normal(k[1], (n, input_size), input_size),
-            "W_o": _normal(k[2], (n, input_size), input_size),
-            "w_z": jax.random.uniform(k[3], (n,), minval=-0.5, maxval=0.5),
-            "w_f": jax.random.uniform(k[4], (n,), minval=-0.5, maxval=0.5),
-            "b_z": jnp.zeros(n), "b_f": jnp.full(n, forget_bias), "b_o": jnp.zeros(n)}
+    params = {"W_z": _normal(k[0], (n, input_size), input_size),
+              "W_f": _normal(k[1], (n, input_size), input_size),
+              "w_z": jax.random.uniform(k[3], (n,), minval=-0.5, maxval=0.5),
+              "w_f": jax.random.uniform(k[4], (n,), minval=-0.5, maxval=0.5),
+              "b_z": jnp.zeros(n), "b_f": jnp.full(n, forget_bias)}
+    if gated:
+      params.update(W_o=_normal(k[2], (n, input_size), input_size), b_o=jnp.zeros(n))
+    return params
 
   return RecurrentLayer(metaopt.ElementwiseCell(initial, step, output), init_params, 1, 1)
 
@@ -92,14 +105,21 @@ def rtu(*, linear: bool = True, activation: str = "tanh", r_min: float = 0.5,
     linear: linear recurrence with the activation on the output (True) or
       inside the recurrence (False).
     activation: "tanh" or "relu".
-    r_min, r_max: initial moduli are drawn so that r^2 ~ U(r_min^2, r_max^2) (0 < r_min).
+    r_min, r_max: initial moduli are drawn so that r^2 ~ U(r_min^2, r_max^2)
+      (0 <= r_min < r_max <= 1; r^2 is kept in [1e-6, 1 - 1e-6]).
     max_phase: initial phases ~ U(0, max_phase).
+
+  The defaults (tanh, r^2 ~ U(0.25, 0.98)) are ours; the reference code
+  (esraaelelimy/rtus) uses relu and r^2 ~ U(0, 1): ``rtu_reference()``. That
+  code differentiates its phase w.r.t. the phase itself where the parameter is
+  its log (its theta_log gradient is the exact one divided by exp(theta_log));
+  here every gradient is w.r.t. the parameters as stored, and exact.
   """
   acts = {"tanh": jnp.tanh, "relu": jax.nn.relu}
   if activation not in acts:
     raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
-  if not 0.0 < r_min < r_max < 1.0:
-    raise ValueError(f"need 0 < r_min < r_max < 1, got r_min={r_min}, r_max={r_max}")
+  if not 0.0 <= r_min < r_max <= 1.0:
+    raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
   if not max_phase > 0:
     raise ValueError(f"max_phase must be > 0, got {max_phase!r}")
   act = acts[activation]
@@ -124,13 +144,18 @@ def rtu(*, linear: bool = True, activation: str = "tanh", r_min: float = 0.5,
   def init_params(key, input_size, num_units):
     k = jax.random.split(key, 4)
     u = jax.random.uniform(k[0], (num_units,))
-    r_sq = u * (r_max**2 - r_min**2) + r_min**2
+    r_sq = jnp.clip(u * (r_max**2 - r_min**2) + r_min**2, 1e-6, 1.0 - 1e-6)
     phase = jnp.maximum(jax.random.uniform(k[1], (num_units,)), 1e-3) * max_phase
     return {"nu_log": jnp.log(-0.5 * jnp.log(r_sq)), "theta_log": jnp.log(phase),
             "W1": _normal(k[2], (num_units, input_size), input_size),
             "W2": _normal(k[3], (num_units, input_size), input_size)}
 
   return RecurrentLayer(metaopt.ElementwiseCell(initial, step, output), init_params, 2, 2)
+
+
+def rtu_reference(*, linear: bool = True) -> RecurrentLayer:
+  """RTUs with the reference code's choices (esraaelelimy/rtus): relu, r^2 ~ U(0, 1)."""
+  return rtu(linear=linear, activation="relu", r_min=0.0, r_max=1.0)
 
 
 def dense_tanh() -> RecurrentLayer:
@@ -153,5 +178,7 @@ CELLS = {
     "elstm": elstm,
     "rtu_linear": lambda: rtu(linear=True),
     "rtu_nonlinear": lambda: rtu(linear=False),
+    "rtu_linear_reference": lambda: rtu_reference(linear=True),
+    "rtu_nonlinear_reference": lambda: rtu_reference(linear=False),
     "dense_tanh": dense_tanh,
 }

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from metaopt._src import agent
 from metaopt._src import base
 from metaopt._src import elementwise
 from metaopt._src import window
@@ -96,9 +97,12 @@ def rtrl_elementwise(system: elementwise.ElementwiseSystem, *, num_steps: int) -
     >>> jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.allclose(a, b, rtol=1e-4)), g, exact))
     True
   """
+  if isinstance(system, agent.AgentSystem):
+    return _rtrl_agent(system, num_steps=num_steps)
   if not isinstance(system, elementwise.ElementwiseSystem):
     raise ValueError(
-        "rtrl_elementwise needs an ElementwiseSystem (from metaopt.elementwise_system), got "
+        "rtrl_elementwise needs an ElementwiseSystem (from metaopt.elementwise_system) or an "
+        "AgentSystem (from metaopt.agent_system), got "
         f"{type(system).__name__}; for a dense recurrence use metaopt.rtrl or metaopt.uoro")
   cell = system.cell
 
@@ -135,6 +139,78 @@ def rtrl_elementwise(system: elementwise.ElementwiseSystem, *, num_steps: int) -
     zeros = jax.tree.map(jnp.zeros_like, theta)
     (inner, traces, grad), losses = jax.lax.scan(body, (inner, traces, zeros), keys.steps)
     return (inner, traces), grad, {"loss": jnp.sum(losses)}
+
+  return window.windowed(system, RTRLElementwiseState, num_steps=num_steps, start=start,
+                         window=forward, check_theta=elementwise.check_theta_layout)
+
+
+def _traced_layer_step(cell, hidden, cell_params, x, traces):
+  """h' = the layer's step and its traces M' = (dh'/dh) M + dh'/dtheta_cell, per unit."""
+  new_hidden, (d_hidden, d_params) = jax.vmap(
+      lambda h, p: _unit_jacobians(lambda h, p: cell.step(h, p, x), h, p))(hidden, cell_params)
+  traces = jax.tree.map(
+      lambda m, j: jnp.einsum("nab,nb...->na...", d_hidden, m) + j, traces, d_params)
+  return new_hidden, traces
+
+
+def _rtrl_agent(system: agent.AgentSystem, *, num_steps: int) -> base.Estimator:
+  """rtrl_elementwise for an online agent: traces per environment, reset on ``done``.
+
+  The loss of step t reads h_t only (h_{t+1} through stop_gradient), so its
+  gradient contracts dL_t/dh_t with the trace of h_t held BEFORE the step's
+  update: exact for the actor-critic loss the system defines.
+  """
+  cell = system.cell
+
+  def initial_traces(cell_params):
+    _, (traces,) = jax.vmap(lambda p: _unit_jacobians(cell.initial, p))(cell_params)
+    return traces
+
+  def start(theta, keys, init_key):
+    inner = system.init(init_key, theta)
+    initial = jax.vmap(cell.initial)(theta["cell"])
+    m0 = initial_traces(theta["cell"])
+    # h_0 = step(initial, theta, o_0): its traces, per environment.
+    traces = jax.vmap(lambda x: _traced_layer_step(cell, initial, theta["cell"], x, m0)[1])(
+        inner.obs)
+    return inner, traces
+
+  def forward(begin, theta, keys):
+    cell_params = theta["cell"]
+    inner, traces = begin(theta)
+    m0 = initial_traces(cell_params)
+    initial = jax.vmap(cell.initial)(cell_params)
+
+    def body(carry, step_key):
+      inner, traces, grad = carry
+      new_inner, aux = agent.transition(system, inner, theta, step_key)
+
+      def one(hidden, obs, traces, aux, new_obs):
+        (loss, parts), (delta, direct, d_readout) = jax.value_and_grad(
+            lambda h, p, r: agent.loss_from_outputs(
+                system, r, elementwise.cell_outputs(cell, h, p, obs), obs, aux),
+            argnums=(0, 1, 2), has_aux=True)(hidden, cell_params, theta["readout"])
+        d_cell = jax.tree.map(lambda d, m: d + jnp.einsum("na,na...->n...", delta, m),
+                              direct, traces)
+        begin_hidden = jnp.where(aux.done, initial, hidden)
+        begin_traces = jax.tree.map(lambda m, m_0: jnp.where(aux.done, m_0, m), traces, m0)
+        _, new_traces = _traced_layer_step(cell, begin_hidden, cell_params, new_obs,
+                                           begin_traces)
+        return loss, parts, {"cell": d_cell, "readout": d_readout}, new_traces
+
+      losses, parts, grads, traces = jax.vmap(one)(inner.hidden, inner.obs, traces, aux,
+                                                   new_inner.obs)
+      step_grad = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
+      grad = jax.tree.map(lambda g, d: g + d.astype(g.dtype), grad, step_grad)
+      return (agent.record(new_inner, parts), traces, grad), jnp.mean(losses)
+
+    zeros = jax.tree.map(jnp.zeros_like, theta)
+    (inner, traces, grad), losses = jax.lax.scan(body, (inner, traces, zeros), keys.steps)
+    # Per environment, root mean square over environments: how large the exact traces grow.
+    trace_norm = jnp.sqrt(sum(jnp.sum(m.astype(jnp.float32) ** 2)
+                              for m in jax.tree.leaves(traces)) / system.num_envs)
+    metrics = {"loss": jnp.sum(losses), "trace_norm": trace_norm}
+    return (inner, traces), grad, metrics
 
   return window.windowed(system, RTRLElementwiseState, num_steps=num_steps, start=start,
                          window=forward, check_theta=elementwise.check_theta_layout)
