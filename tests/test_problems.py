@@ -65,6 +65,30 @@ def test_digits_mlp_learns():
   assert metrics["validation_accuracy"] >= 0.90
 
 
+@pytest.mark.parametrize("model, floor", [("mlp", 0.45), ("cnn", 0.6)])
+def test_mnist1d_is_generated_locally_has_22_hyperparameters_and_learns(model, floor,
+                                                                      monkeypatch):
+  import socket  # pylint: disable=g-import-not-at-top
+  from unrolled import mnist1d  # pylint: disable=g-import-not-at-top
+
+  def no_network(*args, **kwargs):
+    raise AssertionError("MNIST-1D must be generated locally, not downloaded")
+
+  monkeypatch.setattr(socket.socket, "connect", no_network)
+  x_train, _, x_val, _, x_test, y_test = mnist1d.mnist1d_data.__wrapped__(0)
+  assert (x_train.shape, x_val.shape, x_test.shape) == ((3200, 40), (800, 40), (1000, 40))
+  assert sorted(set(y_test.tolist())) == list(range(10))
+  problem = unrolled.get("mnist1d", model=model, horizon=300)
+  assert sum(x.size for x in jax.tree.leaves(problem.theta)) == 22
+  assert problem.hyperparameters(problem.theta)["learning_rate_curve"].shape == (3, 300)
+  key = jax.random.key(0)
+  final, _ = jax.jit(lambda th: metaopt.full_unroll(
+      problem.system, th, key, jax.random.split(key, 300)))(problem.theta)
+  metrics = problem.evaluate(final)
+  print(f"\n{problem.description}\n  after 300 steps: {metrics}")
+  assert metrics["test_accuracy"] >= floor
+
+
 def test_digits_parameter_counts_span_the_benchmark_range():
   count = lambda **kw: unrolled.get("digits_mlp", **kw).num_params
   assert 4000 < count(width=64, depth=1) < 6000
@@ -142,6 +166,7 @@ SMALL = {
     "toy_regression": (dict(horizon=20), 10),
     "digits_mlp": (dict(width=16, depth=1, horizon=20, schedule="piecewise_linear",
                         tune_momentum=True, weight_decay=1e-4, tune_init_scale=True), 10),
+    "mnist1d": (dict(model="cnn", channels=4, horizon=20, num_knots=4), 10),
 }
 ESTIMATORS = {
     "full_bptt": lambda s, n: metaopt.full_bptt(s),

@@ -11,6 +11,7 @@ from typing import Callable, Iterable
 from unrolled.digits_mlp import digits_mlp
 from unrolled.influence_balancing import influence_balancing
 from unrolled.memory_rnn import memory_rnn
+from unrolled.mnist1d import mnist1d
 from unrolled.problem import Problem
 from unrolled.toy_regression import toy_regression
 
@@ -18,6 +19,7 @@ _PROBLEMS: dict[str, Callable[..., Problem]] = {
     "digits_mlp": digits_mlp,
     "influence_balancing": influence_balancing,
     "memory_rnn": memory_rnn,
+    "mnist1d": mnist1d,
     "toy_regression": toy_regression,
 }
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
