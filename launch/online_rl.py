@@ -55,6 +55,9 @@ _ESTIMATORS = flags.DEFINE_list(
     "Estimator specs; an estimator's own num_steps=... overrides --num_steps.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 1, "Environment steps per window (update).")
 _HIDDEN_SIZE = flags.DEFINE_integer("hidden_size", 16, "Recurrent units.")
+_HEAD_HIDDEN = flags.DEFINE_integer(
+    "head_hidden", 0, "0: linear policy and value heads; else a tanh layer of this many units in "
+    "each (the RTU paper's code: 64).")
 _NUM_ENVS = flags.DEFINE_integer("num_envs", 8, "Environments per agent, side by side.")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Independent runs (seeds 0..seeds-1), vmapped.")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 20_000, "Environment steps per environment.")
@@ -85,7 +88,8 @@ def build(cell, seed):
   return online_rl.online_agent(
       cell=cell, env=_ENV.value, hidden_size=_HIDDEN_SIZE.value, seed=seed,
       num_envs=_NUM_ENVS.value, gamma=_GAMMA.value, entropy_cost=_ENTROPY_COST.value,
-      value_cost=_VALUE_COST.value, env_options=unrolled.parse_options(_ENV_OPTION.value))
+      value_cost=_VALUE_COST.value, env_options=unrolled.parse_options(_ENV_OPTION.value),
+      head_hidden=_HEAD_HIDDEN.value)
 
 
 def validate_flags():
@@ -96,6 +100,8 @@ def validate_flags():
   for flag in (_NUM_STEPS, _HIDDEN_SIZE, _NUM_ENVS, _SEEDS, _TRAIN_STEPS, _LOG_EVERY):
     if flag.value < 1:
       raise app.UsageError(f"--{flag.name} must be >= 1, got {flag.value}")
+  if _HEAD_HIDDEN.value < 0:
+    raise app.UsageError(f"--head_hidden must be >= 0, got {_HEAD_HIDDEN.value}")
   for flag in (_LEARNING_RATE, _MAX_GRAD_NORM):
     if not (math.isfinite(flag.value) and flag.value > 0):
       raise app.UsageError(f"--{flag.name} must be a finite number > 0, got {flag.value}")
@@ -186,7 +192,8 @@ def config(cell, spec):
   """What a checkpoint must have been written by to be resumed."""
   return {"env": _ENV.value, "env_option": sorted(_ENV_OPTION.value), "cell": cell,
           "estimator": spec, "num_steps": _NUM_STEPS.value, "hidden_size": _HIDDEN_SIZE.value,
-          "num_envs": _NUM_ENVS.value, "seeds": _SEEDS.value, "train_steps": _TRAIN_STEPS.value,
+          "num_envs": _NUM_ENVS.value, "head_hidden": _HEAD_HIDDEN.value, "seeds": _SEEDS.value,
+          "train_steps": _TRAIN_STEPS.value,
           "log_every": _LOG_EVERY.value, "learning_rate": _LEARNING_RATE.value,
           "max_grad_norm": _MAX_GRAD_NORM.value, "gamma": _GAMMA.value,
           "entropy_cost": _ENTROPY_COST.value, "value_cost": _VALUE_COST.value,

@@ -20,10 +20,11 @@ from unrolled import online_rl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def agent(cell, *, env="repeat_first", horizon=None, num_envs=3, **env_options):
+def agent(cell, *, env="repeat_first", horizon=None, num_envs=3, head_hidden=0, **env_options):
   made = online_rl.online_agent(cell=cell, env=env, hidden_size=3, num_envs=num_envs,
                                 gamma=0.9, env_options=env_options or {"length": 4,
-                                                                       "num_symbols": 3})
+                                                                       "num_symbols": 3},
+                                head_hidden=head_hidden)
   system = made.system
   if horizon is not None:
     system = metaopt.agent_system(system.cell, env_reset=system.env_reset,
@@ -49,6 +50,15 @@ def test_rtrl_is_exact_for_the_actor_critic_loss(cell, num_steps, x64):
                              num_windows=windows)
   chex.assert_trees_all_close(got, exact, rtol=1e-9, atol=1e-12)
   assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(exact["cell"])) > 1e-3
+
+
+def test_rtrl_stays_exact_with_the_reference_codes_mlp_heads(x64):
+  system, theta = agent("rtu_linear", horizon=12, head_hidden=5)
+  assert theta["readout"]["pi_hidden_w"].shape == (5, 6)
+  est = metaopt.rtrl_elementwise(system, num_steps=2)
+  got = metaopt.sum_window_grads(est, theta, jax.random.key(3), num_windows=12)
+  exact = metaopt.exact_grad(system, theta, jax.random.key(3), num_steps=2, num_windows=12)
+  chex.assert_trees_all_close(got, exact, rtol=1e-9, atol=1e-12)
 
 
 def test_truncated_bptt_over_one_step_is_not_exact(x64):
@@ -125,6 +135,8 @@ def test_bad_agent_builder_options():
     online_rl.online_agent(cell="gru")
   with pytest.raises(ValueError, match="unknown env"):
     online_rl.online_agent(env="pong")
+  with pytest.raises(ValueError, match="head_hidden"):
+    online_rl.online_agent(head_hidden=-1)
 
 
 def launch(*args, timeout=300):

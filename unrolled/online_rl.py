@@ -55,7 +55,7 @@ def dense_tanh_block(num_units: int) -> metaopt.ElementwiseCell:
 def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_size: int = 16,
                  seed: int = 0, num_envs: int = 8, gamma: float = 0.99,
                  entropy_cost: float = 0.01, value_cost: float = 1.0,
-                 env_options: dict | None = None) -> OnlineAgent:
+                 env_options: dict | None = None, head_hidden: int = 0) -> OnlineAgent:
   """Builds an actor-critic agent with one recurrent layer and linear heads.
 
   Args:
@@ -66,6 +66,9 @@ def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_
     num_envs: environments side by side.
     gamma, entropy_cost, value_cost: of the actor-critic loss (:func:`metaopt.agent_system`).
     env_options: keyword options of the environment (e.g. ``{"memory_length": 20}``).
+    head_hidden: 0 for linear policy and value heads; else each head is a tanh
+      layer of this many units and a linear layer (the RTU paper's code: 64).
+      The heads get plain backprop, so exact RTRL stays exact.
 
   Returns:
     An :class:`OnlineAgent`.
@@ -74,6 +77,8 @@ def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_
     raise ValueError(f"unknown cell {cell!r}; choose one of {list(AGENT_CELLS)}")
   if not isinstance(hidden_size, int) or hidden_size < 1:
     raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
+  if isinstance(head_hidden, bool) or not isinstance(head_hidden, int) or head_hidden < 0:
+    raise ValueError(f"head_hidden must be an int >= 0, got {head_hidden!r}")
   environment = envs.make(env, **(env_options or {}))
   k_cell, k_pi, k_v = jax.random.split(jax.random.key(seed), 3)
   if cell == "dense_tanh":
@@ -91,13 +96,20 @@ def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_
     recurrent = layer.cell
     cell_params = layer.init_params(k_cell, environment.obs_size, hidden_size)
     num_features = hidden_size * layer.num_outputs
-  scale = 1.0 / jnp.sqrt(num_features)
+  head_in = head_hidden or num_features
+  scale = 1.0 / jnp.sqrt(head_in)
   theta = {"cell": cell_params,
-           "readout": {"pi_w": jax.random.normal(k_pi, (environment.num_actions, num_features))
+           "readout": {"pi_w": jax.random.normal(k_pi, (environment.num_actions, head_in))
                                * 0.1 * scale,
                        "pi_b": jnp.zeros(environment.num_actions),
-                       "v_w": jax.random.normal(k_v, (num_features,)) * 0.1 * scale,
+                       "v_w": jax.random.normal(k_v, (head_in,)) * 0.1 * scale,
                        "v_b": jnp.zeros(())}}
+  if head_hidden:
+    k_ph, k_vh = jax.random.split(jax.random.fold_in(k_cell, 2))
+    for name, k in (("pi", k_ph), ("v", k_vh)):
+      theta["readout"][f"{name}_hidden_w"] = (jax.random.normal(k, (head_hidden, num_features))
+                                              / jnp.sqrt(num_features))
+      theta["readout"][f"{name}_hidden_b"] = jnp.zeros(head_hidden)
   gate_in_readout = cell == "elstm_readout_gate"
   if gate_in_readout:  # the reference's dense output gate over [x; c], outside the RTRL layer
     k_gate = jax.random.fold_in(k_cell, 1)
@@ -111,8 +123,12 @@ def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_
     if gate_in_readout:
       gate_in = jnp.concatenate([obs.astype(features.dtype), features])
       features = jax.nn.sigmoid(readout["gate_w"] @ gate_in + readout["gate_b"]) * features
-    return (readout["pi_w"] @ features + readout["pi_b"],
-            readout["v_w"] @ features + readout["v_b"])
+    if head_hidden:
+      pi_in = jnp.tanh(readout["pi_hidden_w"] @ features + readout["pi_hidden_b"])
+      v_in = jnp.tanh(readout["v_hidden_w"] @ features + readout["v_hidden_b"])
+    else:
+      pi_in = v_in = features
+    return (readout["pi_w"] @ pi_in + readout["pi_b"], readout["v_w"] @ v_in + readout["v_b"])
 
   system = metaopt.agent_system(recurrent, env_reset=environment.reset,
                                 env_step=environment.step, heads=heads,
