@@ -8,6 +8,7 @@ it, burying the line that names the problem).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from absl import app
@@ -54,3 +55,8 @@ def check_bytes(nbytes: int, what: str, flags_named: str, *, working_factor: int
     raise app.UsageError(f"{flags_named}: {what} need about "
                          f"{working_factor * nbytes / 2**30:.3g} GiB with working memory; "
                          f"{have / 2**30:.3g} GiB is available: lower it")
+
+
+def safe_name(spec: str) -> str:
+  """A folder name for an estimator spec such as ``tbptt[num_steps=5]``."""
+  return re.sub(r"[^A-Za-z0-9_.=-]", "_", spec)

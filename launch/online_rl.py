@@ -27,7 +27,6 @@ import datetime
 import json
 import math
 import os
-import re
 import time
 from typing import Any, NamedTuple
 
@@ -80,10 +79,6 @@ _GAE_LAMBDA = flags.DEFINE_float("gae_lambda", 0.95, "ppo: GAE lambda.")
 _LOGDIR = flags.DEFINE_string("logdir", None, "Run folder (default runs/online_rl-<env>-<time>).")
 
 
-def safe_name(spec):
-  return re.sub(r"[^A-Za-z0-9_.=-]", "_", spec)
-
-
 def build(cell, seed):
   return online_rl.online_agent(
       cell=cell, env=_ENV.value, hidden_size=_HIDDEN_SIZE.value, seed=seed,
@@ -133,7 +128,7 @@ def validate_flags():
   for name, values in (("cells", _CELLS.value), ("estimators", _ESTIMATORS.value)):
     if not values:
       raise app.UsageError(f"--{name} is empty")
-    if len(set(map(safe_name, values))) < len(values):
+    if len(set(map(launch.safe_name, values))) < len(values):
       raise app.UsageError(f"--{name} {values} repeats an entry")
   for cell in _CELLS.value:
     if cell not in online_rl.AGENT_CELLS:
@@ -173,11 +168,11 @@ def validate_flags():
     lock = metaopt.lock_folder(logdir)  # held until the process ends
     metaopt.remove_stale_temporaries(logdir)
     metaopt.refuse_links(logdir, ["summary.json", "summary.md", "returns.png"]
-                         + [safe_name(c) for c in _CELLS.value])
+                         + [launch.safe_name(c) for c in _CELLS.value])
     for cell in _CELLS.value:
-      metaopt.make_folder(os.path.join(logdir, safe_name(cell)))
-      metaopt.refuse_links(os.path.join(logdir, safe_name(cell)),
-                           [safe_name(s) for s in _ESTIMATORS.value])
+      metaopt.make_folder(os.path.join(logdir, launch.safe_name(cell)))
+      metaopt.refuse_links(os.path.join(logdir, launch.safe_name(cell)),
+                           [launch.safe_name(s) for s in _ESTIMATORS.value])
   except OSError as e:
     raise app.UsageError(f"--logdir {logdir!r}: {e.strerror or e}") from None
   return agents, windows, logdir, lock
@@ -393,7 +388,7 @@ def main(argv):
   runs = {}
   for cell in _CELLS.value:  # a foreign checkpoint is refused before any compute
     for spec, window in windows.items():
-      folder = os.path.join(logdir, safe_name(cell), safe_name(spec))
+      folder = os.path.join(logdir, launch.safe_name(cell), launch.safe_name(spec))
       runs[cell, spec] = folder, setup(cell, spec, window, folder)
       try:
         restore(runs[cell, spec][1], cell, spec)

@@ -81,7 +81,7 @@ def validate_flags():
     raise app.UsageError(f"--seed must be in [0, 2**32), got {_SEED.value}")
   if not _ESTIMATORS.value:
     raise app.UsageError("--estimators is empty")
-  folders = [safe_name(spec) for spec in _ESTIMATORS.value]
+  folders = [launch.safe_name(spec) for spec in _ESTIMATORS.value]
   if len(set(folders)) < len(folders):
     raise app.UsageError(f"--estimators {_ESTIMATORS.value} repeats an estimator (or two specs "
                          f"share a log folder: {folders})")
@@ -152,13 +152,9 @@ def claim_logdir(logdir):
     claim_logdir.lock = metaopt.lock_folder(logdir)  # held until the process ends
     metaopt.remove_stale_temporaries(logdir)
     metaopt.refuse_links(logdir, ["summary.json", "summary.md", "accuracy.png"] +
-                         [safe_name(spec) for spec in _ESTIMATORS.value])
+                         [launch.safe_name(spec) for spec in _ESTIMATORS.value])
   except OSError as e:
     raise app.UsageError(f"--logdir: {e.strerror or e}") from None
-
-
-def safe_name(spec):
-  return re.sub(r"[^A-Za-z0-9_.=-]", "_", spec)
 
 
 def train(problem, spec, window, writer):
@@ -247,7 +243,7 @@ def main(argv):
   forward = forward_seconds_per_step(problem)
   records = []
   for spec, window in windows.items():
-    with metaopt.SummaryWriter(os.path.join(logdir, safe_name(spec))) as writer:
+    with metaopt.SummaryWriter(os.path.join(logdir, launch.safe_name(spec))) as writer:
       record = train(problem, spec, window, writer)
     records.append(record)
     ratio = (record["seconds_per_step"] or float("nan")) / forward

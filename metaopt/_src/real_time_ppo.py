@@ -113,19 +113,11 @@ def real_time_ppo(system: agent.AgentSystem, optimizer: optax.GradientTransforma
   batch = num_steps * system.num_envs
   minibatch = batch // num_minibatches
 
-  def initial_traces(cell_params):
-    _, (traces,) = jax.vmap(lambda p: rtrl_elementwise._unit_jacobians(cell.initial, p))(
-        cell_params)
-    return traces
-
   def init(key, theta):
     base.check_key(key)
     k_env, k_next = jax.random.split(key)
     inner = system.init(k_env, theta)
-    m0 = initial_traces(theta["cell"])
-    initial = jax.vmap(cell.initial)(theta["cell"])
-    traces = jax.vmap(lambda x: rtrl_elementwise._traced_layer_step(
-        cell, initial, theta["cell"], x, m0)[1])(inner.obs)
+    traces = rtrl_elementwise.agent_start_traces(cell, theta["cell"], inner.obs)
     return RealTimePPOState(inner, traces, theta, optimizer.init(theta),
                             jax.random.key_data(k_next), jnp.zeros((), jnp.int32))
 
@@ -136,7 +128,7 @@ def real_time_ppo(system: agent.AgentSystem, optimizer: optax.GradientTransforma
 
   def rollout(state, keys):
     theta = state.theta
-    m0 = initial_traces(theta["cell"])
+    m0 = rtrl_elementwise.initial_traces(cell, theta["cell"])
     initial = jax.vmap(cell.initial)(theta["cell"])
 
     def body(carry, key):
@@ -144,13 +136,9 @@ def real_time_ppo(system: agent.AgentSystem, optimizer: optax.GradientTransforma
       log_p, value = jax.vmap(lambda h, o: heads(theta, h, o))(inner.hidden, inner.obs)
       new_inner, aux = agent.transition(system, inner, theta, key)
 
-      def retrace(hidden, traces, done, new_obs):
-        begin_hidden = jnp.where(done, initial, hidden)
-        begin = jax.tree.map(lambda m, m_0: jnp.where(done, m_0, m), traces, m0)
-        return rtrl_elementwise._traced_layer_step(cell, begin_hidden, theta["cell"], new_obs,
-                                                   begin)[1]
-
-      new_traces = jax.vmap(retrace)(inner.hidden, traces, aux.done, new_inner.obs)
+      new_traces = jax.vmap(lambda h, m, d, x: rtrl_elementwise.agent_next_traces(
+          cell, theta["cell"], h, m, d, x, initial, m0))(inner.hidden, traces, aux.done,
+                                                         new_inner.obs)
       log_p_action = jnp.take_along_axis(log_p, aux.action[:, None], axis=1)[:, 0]
       stored = {"hidden": inner.hidden, "traces": traces, "obs": inner.obs,
                 "action": aux.action, "log_p": log_p_action, "value": value,
@@ -201,9 +189,8 @@ def real_time_ppo(system: agent.AgentSystem, optimizer: optax.GradientTransforma
           sample_loss, argnums=(0, 1, 2), has_aux=True)(
               hidden, theta["cell"], theta["readout"], obs, action, old_log_p, old_value,
               advantage, ret)
-      d_cell = jax.tree.map(lambda d, m: d + jnp.einsum("na,na...->n...", delta, m),
-                            direct, traces)
-      return loss, parts, {"cell": d_cell, "readout": d_readout}
+      return loss, parts, {"cell": rtrl_elementwise.contract(delta, direct, traces),
+                           "readout": d_readout}
 
     losses, parts, grads = jax.vmap(one)(data["hidden"], data["traces"], data["obs"],
                                          data["action"], data["log_p"], data["value"], adv,
@@ -238,10 +225,8 @@ def real_time_ppo(system: agent.AgentSystem, optimizer: optax.GradientTransforma
         * num_steps,
         value_loss=inner.value_loss + jnp.mean(parts["value_loss"]).astype(
             inner.value_loss.dtype) * num_steps)
-    trace_norm = jnp.sqrt(sum(jnp.sum(m.astype(jnp.float32) ** 2)
-                              for m in jax.tree.leaves(traces)) / system.num_envs)
     metrics = {"loss": jnp.mean(losses), "clipped": jnp.mean(parts["clipped"]),
-               "trace_norm": trace_norm}
+               "trace_norm": rtrl_elementwise.trace_norm(traces)}
     new_state = RealTimePPOState(inner, traces, theta, opt_state, jax.random.key_data(k_next),
                                  state.updates + 1)
     return new_state, metrics

@@ -37,6 +37,48 @@ def _unit_jacobians(fn, *args):
   return value, jax.vmap(pull)(eye)
 
 
+def initial_traces(cell, cell_params):
+  """d initial(p_i) / d p_i for every unit: the traces at a (re)start."""
+  _, (traces,) = jax.vmap(lambda p: _unit_jacobians(cell.initial, p))(cell_params)
+  return traces
+
+
+def traced_layer_step(cell, hidden, cell_params, x, traces):
+  """h' = the layer's step and its traces M' = (dh'/dh) M + dh'/dtheta_cell, per unit."""
+  new_hidden, (d_hidden, d_params) = jax.vmap(
+      lambda h, p: _unit_jacobians(lambda h, p: cell.step(h, p, x), h, p))(hidden, cell_params)
+  # M_t[i] = (dh_t/dh_{t-1})[i] M_{t-1}[i] + (dh_t/dtheta_i)[i]; C x C per unit.
+  traces = jax.tree.map(
+      lambda m, j: jnp.einsum("nab,nb...->na...", d_hidden, m) + j, traces, d_params)
+  return new_hidden, traces
+
+
+def contract(delta, direct, traces):
+  """dL/dtheta_cell = direct terms + sum over a unit's channels of dL/dh[i] M[i]."""
+  return jax.tree.map(lambda d, m: d + jnp.einsum("na,na...->n...", delta, m), direct, traces)
+
+
+def trace_norm(traces):
+  """The traces' norm per environment (leading axis), root mean square over environments."""
+  num_envs = jax.tree.leaves(traces)[0].shape[0]
+  return jnp.sqrt(sum(jnp.sum(m.astype(jnp.float32) ** 2) for m in jax.tree.leaves(traces))
+                  / num_envs)
+
+
+def agent_start_traces(cell, cell_params, obs):
+  """The traces of every environment's h_0 = step(initial, theta, o_0); obs (num_envs, ...)."""
+  initial = jax.vmap(cell.initial)(cell_params)
+  m0 = initial_traces(cell, cell_params)
+  return jax.vmap(lambda x: traced_layer_step(cell, initial, cell_params, x, m0)[1])(obs)
+
+
+def agent_next_traces(cell, cell_params, hidden, traces, done, new_obs, initial, m0):
+  """One environment's traces after its step: restarted (with the hidden state) on ``done``."""
+  begin_hidden = jnp.where(done, initial, hidden)
+  begin_traces = jax.tree.map(lambda m, m_0: jnp.where(done, m_0, m), traces, m0)
+  return traced_layer_step(cell, begin_hidden, cell_params, new_obs, begin_traces)[1]
+
+
 def rtrl_elementwise(system: elementwise.ElementwiseSystem, *, num_steps: int) -> base.Estimator:
   """Exact real-time recurrent learning for one element-wise recurrent layer.
 
@@ -107,8 +149,7 @@ def rtrl_elementwise(system: elementwise.ElementwiseSystem, *, num_steps: int) -
   cell = system.cell
 
   def start(theta, keys, init_key):  # lazily, with this window's theta, like every estimator
-    _, (traces,) = jax.vmap(lambda p: _unit_jacobians(cell.initial, p))(theta["cell"])
-    return system.init(init_key, theta), traces
+    return system.init(init_key, theta), initial_traces(cell, theta["cell"])
 
   def forward(begin, theta, keys):
     cell_params = theta["cell"]
@@ -117,12 +158,7 @@ def rtrl_elementwise(system: elementwise.ElementwiseSystem, *, num_steps: int) -
     def body(carry, step_key):
       inner, traces, grad = carry
       stream, x, target = system.observe(inner.stream, step_key)
-      hidden, (d_hidden, d_params) = jax.vmap(
-          lambda h, p: _unit_jacobians(lambda h, p: cell.step(h, p, x), h, p))(
-              inner.hidden, cell_params)
-      # M_t[i] = (dh_t/dh_{t-1})[i] M_{t-1}[i] + (dh_t/dtheta_i)[i]; C x C per unit.
-      traces = jax.tree.map(
-          lambda m, j: jnp.einsum("nab,nb...->na...", d_hidden, m) + j, traces, d_params)
+      hidden, traces = traced_layer_step(cell, inner.hidden, cell_params, x, traces)
 
       def loss_fn(hidden, cell_params, readout):
         outputs = elementwise.cell_outputs(cell, hidden, cell_params, x)
@@ -130,9 +166,7 @@ def rtrl_elementwise(system: elementwise.ElementwiseSystem, *, num_steps: int) -
 
       loss, (delta, direct, d_readout) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(
           hidden, cell_params, theta["readout"])
-      d_cell = jax.tree.map(lambda d, m: d + jnp.einsum("na,na...->n...", delta, m),
-                            direct, traces)
-      step_grad = {"cell": d_cell, "readout": d_readout}
+      step_grad = {"cell": contract(delta, direct, traces), "readout": d_readout}
       grad = jax.tree.map(lambda g, d: g + d.astype(g.dtype), grad, step_grad)
       return (elementwise.RecurrentState(hidden, stream), traces, grad), loss
 
@@ -144,15 +178,6 @@ def rtrl_elementwise(system: elementwise.ElementwiseSystem, *, num_steps: int) -
                          window=forward, check_theta=elementwise.check_theta_layout)
 
 
-def _traced_layer_step(cell, hidden, cell_params, x, traces):
-  """h' = the layer's step and its traces M' = (dh'/dh) M + dh'/dtheta_cell, per unit."""
-  new_hidden, (d_hidden, d_params) = jax.vmap(
-      lambda h, p: _unit_jacobians(lambda h, p: cell.step(h, p, x), h, p))(hidden, cell_params)
-  traces = jax.tree.map(
-      lambda m, j: jnp.einsum("nab,nb...->na...", d_hidden, m) + j, traces, d_params)
-  return new_hidden, traces
-
-
 def _rtrl_agent(system: agent.AgentSystem, *, num_steps: int) -> base.Estimator:
   """rtrl_elementwise for an online agent: traces per environment, reset on ``done``.
 
@@ -162,23 +187,14 @@ def _rtrl_agent(system: agent.AgentSystem, *, num_steps: int) -> base.Estimator:
   """
   cell = system.cell
 
-  def initial_traces(cell_params):
-    _, (traces,) = jax.vmap(lambda p: _unit_jacobians(cell.initial, p))(cell_params)
-    return traces
-
   def start(theta, keys, init_key):
     inner = system.init(init_key, theta)
-    initial = jax.vmap(cell.initial)(theta["cell"])
-    m0 = initial_traces(theta["cell"])
-    # h_0 = step(initial, theta, o_0): its traces, per environment.
-    traces = jax.vmap(lambda x: _traced_layer_step(cell, initial, theta["cell"], x, m0)[1])(
-        inner.obs)
-    return inner, traces
+    return inner, agent_start_traces(cell, theta["cell"], inner.obs)
 
   def forward(begin, theta, keys):
     cell_params = theta["cell"]
     inner, traces = begin(theta)
-    m0 = initial_traces(cell_params)
+    m0 = initial_traces(cell, cell_params)
     initial = jax.vmap(cell.initial)(cell_params)
 
     def body(carry, step_key):
@@ -190,13 +206,10 @@ def _rtrl_agent(system: agent.AgentSystem, *, num_steps: int) -> base.Estimator:
             lambda h, p, r: agent.loss_from_outputs(
                 system, r, elementwise.cell_outputs(cell, h, p, obs), obs, aux),
             argnums=(0, 1, 2), has_aux=True)(hidden, cell_params, theta["readout"])
-        d_cell = jax.tree.map(lambda d, m: d + jnp.einsum("na,na...->n...", delta, m),
-                              direct, traces)
-        begin_hidden = jnp.where(aux.done, initial, hidden)
-        begin_traces = jax.tree.map(lambda m, m_0: jnp.where(aux.done, m_0, m), traces, m0)
-        _, new_traces = _traced_layer_step(cell, begin_hidden, cell_params, new_obs,
-                                           begin_traces)
-        return loss, parts, {"cell": d_cell, "readout": d_readout}, new_traces
+        new_traces = agent_next_traces(cell, cell_params, hidden, traces, aux.done, new_obs,
+                                       initial, m0)
+        grad = {"cell": contract(delta, direct, traces), "readout": d_readout}
+        return loss, parts, grad, new_traces
 
       losses, parts, grads, traces = jax.vmap(one)(inner.hidden, inner.obs, traces, aux,
                                                    new_inner.obs)
@@ -206,10 +219,7 @@ def _rtrl_agent(system: agent.AgentSystem, *, num_steps: int) -> base.Estimator:
 
     zeros = jax.tree.map(jnp.zeros_like, theta)
     (inner, traces, grad), losses = jax.lax.scan(body, (inner, traces, zeros), keys.steps)
-    # Per environment, root mean square over environments: how large the exact traces grow.
-    trace_norm = jnp.sqrt(sum(jnp.sum(m.astype(jnp.float32) ** 2)
-                              for m in jax.tree.leaves(traces)) / system.num_envs)
-    metrics = {"loss": jnp.sum(losses), "trace_norm": trace_norm}
+    metrics = {"loss": jnp.sum(losses), "trace_norm": trace_norm(traces)}
     return (inner, traces), grad, metrics
 
   return window.windowed(system, RTRLElementwiseState, num_steps=num_steps, start=start,
