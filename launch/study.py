@@ -82,16 +82,36 @@ _GRID = flags.DEFINE_bool(
 _EXACT = flags.DEFINE_enum("exact", "full_bptt", ["full_bptt", "rtrl"],
                            "Reference for the exact hypergradient.")
 # tuning
-_METHODS = flags.DEFINE_list("methods", ["online:rtrl", "online:pes", "tpe", "random"],
-                             "Methods of the tuning study.")
+_METHODS = flags.DEFINE_list(
+    "methods", ["online:rtrl", "online:pes", "tpe", "random"],
+    "Methods of the tuning study: online:<estimator> (restarts; its first horizon is also the "
+    "single-run mode), tpe, random, cmaes (Optuna's CmaEsSampler; pip install "
+    "'metaopt[cmaes]'), grid (the practitioner's learning-rate grid, see --baseline_option).")
 _SEEDS = flags.DEFINE_integer("num_seeds", 3, "Seeds per method (tuning study).")
-_BUDGET = flags.DEFINE_integer("budget", 20000, "Inner steps per run (tuning study).")
+_BUDGETS = flags.DEFINE_list(
+    "budgets", ["1", "3", "10", "30"], "Budgets in training runs of one horizon, every "
+    "particle's inner steps counted (tuning study); each method runs to the largest.")
+_BASELINE_OPTION = flags.DEFINE_multi_string(
+    "baseline_option", [], "key=value problem option of the grid baseline's problem (e.g. "
+    "schedule=cosine), on top of --problem_option.")
+_BASELINE_KEY = flags.DEFINE_string(
+    "baseline_key", "learning_rate", "theta entry (log units) the grid baseline scales.")
 _NUM_EVALS = flags.DEFINE_integer("num_evals", 10, "Evaluation points per online run.")
 _TUNE_NUM_STEPS = flags.DEFINE_integer("tune_num_steps", 10, "Window of the online methods.")
 _TUNE_PARTICLES = flags.DEFINE_integer("tune_num_particles", 8, "Particles of online pes.")
 _TUNE_SIGMA = flags.DEFINE_float("tune_sigma", 0.03, "Sigma of online pes.")
 _META_OPTIMIZER = flags.DEFINE_enum("meta_optimizer", "adam", ["sgd", "adam"], "Online meta-optimiser.")
-_META_LR = flags.DEFINE_float("meta_lr", 0.03, "Online meta learning rate.")
+_META_LR = flags.DEFINE_float("meta_lr", None, "Online meta learning rate (default: metaopt's).")
+_MAX_GRAD_NORM = flags.DEFINE_float("max_grad_norm", None,
+                                    "Online: clip the hypergradient's global norm.")
+_MAX_UPDATE = flags.DEFINE_float("max_update", None, "Online: bound on each coordinate of "
+                                 "theta's change per outer step (default: metaopt's).")
+_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", None, "Online: outer steps of meta "
+                                     "learning-rate warm-up (default: metaopt's).")
+_ROLLBACK = flags.DEFINE_float("rollback_factor", 1.5, "Online: set theta back to the best "
+                               "horizon's after a horizon this many times worse (0: never).")
+_DECAY_STEPS = flags.DEFINE_integer("decay_steps", None, "Online: time scale of the meta learning "
+                                    "rate's 1/sqrt decay, 0: constant (default: metaopt's).")
 _SEARCH_WIDTH = flags.DEFINE_float("search_width", 3.0,
                                    "Black-box range: theta0 +- this (unconstrained units).")
 _NUM_REPORTS = flags.DEFINE_integer("num_reports", 5, "Intermediate reports per black-box trial.")
@@ -248,19 +268,51 @@ def _check_tuning(problem):
   for flag in (_TUNE_NUM_STEPS, _TUNE_PARTICLES, _NUM_REPORTS):
     if flag.value < 1:
       raise app.UsageError(f"--{flag.name} must be >= 1, got {flag.value}")
-  for flag in (_TUNE_SIGMA, _META_LR, _SEARCH_WIDTH):
+  for flag in (_TUNE_SIGMA, _SEARCH_WIDTH):
     _positive(flag)
+  for flag in (_META_LR, _MAX_GRAD_NORM, _MAX_UPDATE):
+    if flag.value is not None:
+      _positive(flag)
+  if not (_ROLLBACK.value == 0 or _ROLLBACK.value >= 1):  # NaN fails both
+    raise app.UsageError(f"--rollback_factor must be 0 (never) or >= 1, got {_ROLLBACK.value}")
+  for flag in (_WARMUP_STEPS, _DECAY_STEPS):
+    if flag.value is not None and flag.value < 0:
+      raise app.UsageError(f"--{flag.name} must be >= 0, got {flag.value}")
   if not _METHODS.value:
     raise app.UsageError("--methods is empty")
+  try:
+    tuning.check_methods(_METHODS.value)
+  except ValueError as e:
+    raise app.UsageError(f"--methods: {e}") from None
+  if len(set(_METHODS.value)) < len(_METHODS.value):
+    raise app.UsageError(f"--methods repeats a method: {','.join(_METHODS.value)}")
+  budgets = _ints("budgets", _BUDGETS.value)
+  if list(budgets) != sorted(set(budgets)):
+    raise app.UsageError(f"--budgets must increase, got {','.join(_BUDGETS.value)}")
+  if "cmaes" in _METHODS.value:
+    try:
+      import cmaes  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      raise app.UsageError("--methods=cmaes needs the cmaes package: pip install "
+                           "'metaopt[cmaes]'") from None
+  baseline = parse_problem_options(_BASELINE_OPTION.value)
+  if "grid" in _METHODS.value:
+    import unrolled  # pylint: disable=g-import-not-at-top
+    try:
+      base_problem = unrolled.get(_PROBLEM.value, **{**parse_problem_options(
+          _PROBLEM_OPTION.value), **baseline})
+    except (unrolled.ProblemError, ValueError, TypeError) as e:
+      raise app.UsageError(f"--baseline_option: {e}") from None
+    if not isinstance(base_problem.theta, dict) or _BASELINE_KEY.value not in base_problem.theta:
+      raise app.UsageError(f"--baseline_key={_BASELINE_KEY.value!r} is not an entry of the "
+                           "baseline problem's theta (the grid scales it)")
   for m in _METHODS.value:
-    if m in tuning.BLACK_BOX:
-      continue
     if not m.startswith("online:"):
-      raise app.UsageError(f"--methods: {m!r} is not online:<estimator> or one of "
-                           f"{tuning.BLACK_BOX}")
+      continue
     build_estimator("--methods", m.split(":", 1)[1], problem.system,
                     num_steps=_TUNE_NUM_STEPS.value, num_particles=_TUNE_PARTICLES.value,
                     sigma=_TUNE_SIGMA.value)
+  return budgets, baseline
 
 
 def build_context():
@@ -274,7 +326,7 @@ def build_context():
   """
   import unrolled  # pylint: disable=g-import-not-at-top
   from studies import paths  # pylint: disable=g-import-not-at-top
-  for flag in (_N_TRIALS, _N_WORKERS, _NUM_SAMPLES, _BUDGET, _SEEDS, _NUM_EVALS, _HEARTBEAT):
+  for flag in (_N_TRIALS, _N_WORKERS, _NUM_SAMPLES, _SEEDS, _NUM_EVALS, _HEARTBEAT):
     if flag.value < 1:
       raise app.UsageError(f"--{flag.name} must be >= 1, got {flag.value}")
   max_workers = max(8, 4 * (os.cpu_count() or 1))
@@ -323,12 +375,20 @@ def build_context():
         _PROBLEM.value, options, tuple(_ESTIMATORS.value), num_steps, particles, sigma, chains,
         _NUM_SAMPLES.value, _SEED.value, _EXACT.value, output_dir)
   else:
+    import metaopt  # pylint: disable=g-import-not-at-top
     from studies import tuning  # pylint: disable=g-import-not-at-top
-    _check_tuning(problem)
+    budgets, baseline = _check_tuning(problem)
     ctx = tuning.Context(
-        _PROBLEM.value, options, tuple(_METHODS.value), tuple(range(_SEEDS.value)), _BUDGET.value,
+        _PROBLEM.value, options, tuple(_METHODS.value), tuple(range(_SEEDS.value)), budgets,
         _NUM_EVALS.value, _TUNE_NUM_STEPS.value, _TUNE_PARTICLES.value, _TUNE_SIGMA.value,
-        _META_OPTIMIZER.value, _META_LR.value, _SEARCH_WIDTH.value, _NUM_REPORTS.value)
+        _META_OPTIMIZER.value,
+        metaopt.DEFAULT_META_LR if _META_LR.value is None else _META_LR.value,
+        _SEARCH_WIDTH.value, _NUM_REPORTS.value,
+        baseline, _BASELINE_KEY.value, _MAX_GRAD_NORM.value,
+        metaopt.DEFAULT_MAX_UPDATE if _MAX_UPDATE.value is None else _MAX_UPDATE.value,
+        metaopt.DEFAULT_WARMUP_STEPS if _WARMUP_STEPS.value is None else _WARMUP_STEPS.value,
+        metaopt.DEFAULT_DECAY_STEPS if _DECAY_STEPS.value is None else _DECAY_STEPS.value or None,
+        _ROLLBACK.value or None)
   return ctx, name, output_dir
 
 

@@ -47,9 +47,27 @@ _SIGMA = flags.DEFINE_float("sigma", 0.01, f"Perturbation scale (> 0) of {_TAKIN
 _NUM_CHAINS = flags.DEFINE_integer("num_chains", 1, "Independent estimator chains, averaged.")
 _META_OPTIMIZER = flags.DEFINE_enum("meta_optimizer", "adam", sorted(metaopt.META_OPTIMIZERS),
                                     "Outer optimiser of theta.")
-_META_LR = flags.DEFINE_float("meta_lr", 1e-2, "Outer learning rate.")
+_META_LR = flags.DEFINE_float("meta_lr", metaopt.DEFAULT_META_LR, "Outer learning rate.")
 _MAX_GRAD_NORM = flags.DEFINE_float("max_grad_norm", None, "Clip the hypergradient's global norm.")
-_OUTER_STEPS = flags.DEFINE_integer("outer_steps", 100, "Outer steps (one window each).")
+_MAX_UPDATE = flags.DEFINE_float(
+    "max_update", metaopt.DEFAULT_MAX_UPDATE,
+    "Bound on each coordinate of theta's change per outer step (0: no bound).")
+_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", metaopt.DEFAULT_WARMUP_STEPS,
+                                     "Outer steps of linear meta learning-rate warm-up.")
+_ROLLBACK = flags.DEFINE_float(
+    "rollback_factor", 1.5, "After a horizon whose mean loss exceeds this multiple of the best "
+    "horizon's, set theta back to the best horizon's (0: never).")
+_DECAY_STEPS = flags.DEFINE_integer(
+    "decay_steps", metaopt.DEFAULT_DECAY_STEPS, "Time scale (outer steps) of the meta learning "
+    "rate's 1/sqrt(1 + t/decay_steps) decay (0: constant).")
+_MODE = flags.DEFINE_enum(
+    "mode", "restarts", list(metaopt.MODES),
+    "restarts: the inner training restarts every horizon while tuning goes on; single_run: "
+    "tune during ONE training run (the horizon), then report its own final model and a fresh "
+    "retrain with the final theta.")
+_OUTER_STEPS = flags.DEFINE_integer(
+    "outer_steps", None, "Outer steps, one window each (default 100; single_run: one horizon, "
+    "and no other value).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed: the same seed gives the same run.")
 _LOGDIR = flags.DEFINE_string(
     "logdir", None, "Run folder (default runs/tune/<problem>-<estimator>-<time>: apart from "
@@ -79,11 +97,17 @@ def validate_flags():
   except ValueError as e:
     raise app.UsageError(f"--estimator={_ESTIMATOR.value!r}: {e}") from None
   for flag in (_NUM_STEPS, _NUM_CHAINS, _OUTER_STEPS, _CHECKPOINT_EVERY):
-    if flag.value < 1:
+    if flag.value is not None and flag.value < 1:
       raise app.UsageError(f"--{flag.name} must be >= 1, got {flag.value}")
-  for flag in (_LOG_EVERY, _IMAGE_EVERY, _MAX_SKIPPED):
+  for flag in (_LOG_EVERY, _IMAGE_EVERY, _MAX_SKIPPED, _WARMUP_STEPS, _DECAY_STEPS):
     if flag.value < 0:
       raise app.UsageError(f"--{flag.name} must be >= 0, got {flag.value}")
+  if _MAX_UPDATE.value is not None and not (math.isfinite(_MAX_UPDATE.value)
+                                            and _MAX_UPDATE.value >= 0):
+    raise app.UsageError(f"--max_update must be a finite number >= 0 (0: no bound), got "
+                         f"{_MAX_UPDATE.value}")
+  if not (_ROLLBACK.value == 0 or _ROLLBACK.value >= 1):
+    raise app.UsageError(f"--rollback_factor must be 0 (never) or >= 1, got {_ROLLBACK.value}")
   for flag in (_META_LR, _MAX_GRAD_NORM):
     if flag.value is not None and not (math.isfinite(flag.value) and flag.value > 0):
       raise app.UsageError(f"--{flag.name} must be a finite number > 0, got {flag.value}")
@@ -100,6 +124,7 @@ def validate_flags():
                                       num_particles=_NUM_PARTICLES.value, sigma=_SIGMA.value)
     metaopt.check_memory(estimator, problem.theta, num_chains=_NUM_CHAINS.value,
                          what="--num_chains")
+    window = metaopt.window_length(_ESTIMATOR.value, problem.system, _NUM_STEPS.value)
   except ValueError as e:  # its messages start with the option's name: name the flag that set it
     if str(e).startswith("system."):  # the problem's own value, e.g. horizon=0
       raise app.UsageError(f"--problem_option: {e}") from None
@@ -108,6 +133,11 @@ def validate_flags():
             if o not in own and re.match(rf"{o}\b", str(e))]
     raise app.UsageError(f"--{e}" if flag or str(e).startswith("--") else
                          f"--estimator={_ESTIMATOR.value!r}: {e}") from None
+  one_run = problem.system.horizon // window
+  if _MODE.value == "single_run" and _OUTER_STEPS.value not in (None, one_run):
+    raise app.UsageError(f"--outer_steps={_OUTER_STEPS.value} with --mode=single_run: one "
+                         f"training run is {one_run} outer steps (horizon "
+                         f"{problem.system.horizon} / window {window}); leave --outer_steps out")
   logdir = _LOGDIR.value or os.path.join(
       "runs", "tune", f"{re.sub(r'[^A-Za-z0-9_.=-]', '_', _PROBLEM.value)}-"
       f"{re.sub(r'[^A-Za-z0-9_.=-]', '_', _ESTIMATOR.value)}-"
@@ -128,7 +158,9 @@ def main(argv):
         problem.system, problem.theta, estimator=_ESTIMATOR.value, num_steps=_NUM_STEPS.value,
         num_particles=_NUM_PARTICLES.value, sigma=_SIGMA.value,
         meta_optimizer=_META_OPTIMIZER.value, meta_lr=_META_LR.value,
-        max_grad_norm=_MAX_GRAD_NORM.value, outer_steps=_OUTER_STEPS.value,
+        max_grad_norm=_MAX_GRAD_NORM.value, max_update=_MAX_UPDATE.value or None,
+        warmup_steps=_WARMUP_STEPS.value, decay_steps=_DECAY_STEPS.value or None,
+        rollback_factor=_ROLLBACK.value or None, mode=_MODE.value, outer_steps=_OUTER_STEPS.value,
         num_chains=_NUM_CHAINS.value, seed=_SEED.value, logdir=logdir,
         checkpoint_every=_CHECKPOINT_EVERY.value, log_every=_LOG_EVERY.value,
         image_every=_IMAGE_EVERY.value, max_skipped=_MAX_SKIPPED.value,

@@ -72,7 +72,14 @@ from metaopt._src.summary import schedule_points
 from metaopt._src.summary import snr
 from metaopt._src.summary import SummaryWriter
 from metaopt._src.summary import tuner_layout
-from metaopt._src.tune import META_OPTIMIZERS
+from metaopt._src.meta_optimizer import META_OPTIMIZERS
+from metaopt._src.meta_optimizer import meta_optimizer
+from metaopt._src.meta_optimizer import DEFAULT_DECAY_STEPS
+from metaopt._src.meta_optimizer import DEFAULT_MAX_UPDATE
+from metaopt._src.meta_optimizer import DEFAULT_META_LR
+from metaopt._src.meta_optimizer import DEFAULT_WARMUP_STEPS
+from metaopt._src.tune import MODES
+from metaopt._src.tune import one_inner_state
 from metaopt._src.tune import RunFolderError
 from metaopt._src.tune import tune
 from metaopt._src.tune import TuneResult
@@ -129,6 +136,13 @@ __all__ = (
     "log_tuner_info",
     "make_folder",
     "META_OPTIMIZERS",
+    "meta_optimizer",
+    "DEFAULT_DECAY_STEPS",
+    "DEFAULT_MAX_UPDATE",
+    "DEFAULT_META_LR",
+    "DEFAULT_WARMUP_STEPS",
+    "one_inner_state",
+    "MODES",
     "nres",
     "NRESState",
     "parse_spec",

@@ -271,29 +271,121 @@ def bias_variance_figures(study, folder):
   return paths
 
 
+def tuning_rows(study):
+  """{(method label, budget in runs): [METRICS dict per seed]} of a tuning study's trials, and
+  {method: number of diverged seeds} for the online methods.
+
+  ``online:<e>`` rows are the restarts mode at each budget; ``single:<e> own`` and
+  ``single:<e> retrain`` the single-run mode (the first horizon of the same run) at its own
+  cost (``copies`` and ``copies + 1`` runs).
+  """
+  rows, diverged = {}, {}
+  for t in complete_trials(study):
+    method = t.params["method"]
+    for budget, out in t.user_attrs.get("at_budget", {}).items():
+      if out is not None:
+        rows.setdefault((method, int(budget)), []).append(out)
+    if method.startswith("online:"):
+      single = "single:" + method.split(":", 1)[1]
+      for kind in ("own", "retrain"):
+        out = t.user_attrs.get(f"single_{kind}")
+        if out is not None:
+          rows.setdefault((f"{single} {kind}", int(out["runs"])), []).append(out)
+      # From the curve (validation loss of each retrained theta), so the criterion of
+      # studies.tuning applies to studies recorded before it changed.
+      from studies import tuning  # pylint: disable=g-import-not-at-top
+      curve = t.user_attrs["curve"]
+      failed = tuning.diverged(curve[0][1], [c[1] for c in curve],
+                               t.user_attrs.get("num_skipped", 0))
+      diverged[method] = diverged.get(method, 0) + int(failed)
+  return rows, diverged
+
+
+def tuning_summary(study):
+  """Medians and quartiles of the final models' test metrics per (method, budget), the goals."""
+  rows, diverged = tuning_rows(study)
+  out = {"rows": [], "diverged": diverged}
+  for (method, budget), outs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    entry = {"method": method, "budget_runs": budget, "seeds": len(outs)}
+    for k in ("test_loss", "test_accuracy", "validation_loss"):
+      v = np.array([o[k] for o in outs], np.float64)
+      entry[k] = {"median": float(np.median(v)), "q25": float(np.percentile(v, 25)),
+                  "q75": float(np.percentile(v, 75))}
+    out["rows"].append(entry)
+  return out
+
+
+def tuning_goals(summary):
+  """The issue's goals on this study: each a line saying met or not, with the numbers."""
+  by = {(r["method"], r["budget_runs"]): r["test_loss"]["median"] for r in summary["rows"]}
+  lines = []
+  budgets = sorted({b for m, b in by if m == "tpe"})
+  for b in [b for b in budgets if b <= 10]:
+    tpe = by[("tpe", b)]
+    # Single-run rows count at their own cost: usable at any budget at least as large.
+    cands = {m: v for (m, bb), v in by.items() if m.startswith("online:") and bb == b}
+    cands.update({m: v for (m, bb), v in by.items() if m.startswith("single:") and bb <= b})
+    if cands:
+      best = min(cands, key=cands.get)
+      lines.append(f"- budget {b} runs: best online {best} median test loss {cands[best]:.4f} "
+                   f"vs TPE {tpe:.4f}: {'MET' if cands[best] < tpe else 'NOT met'} "
+                   f"(difference {cands[best] - tpe:+.4f})")
+  if ("tpe", 10) in by:
+    singles = {m: v for (m, bb), v in by.items() if m.startswith("single:") and bb <= 2}
+    if singles:
+      best = min(singles, key=singles.get)
+      lines.append(f"- one single run (<= 2 runs) {best} median test loss {singles[best]:.4f} vs "
+                   f"TPE at 10 runs {by[('tpe', 10)]:.4f}: "
+                   f"{'MET' if singles[best] <= by[('tpe', 10)] else 'NOT met'}")
+  total = sum(summary["diverged"].values())
+  lines.append(f"- divergence: {total} diverged (method, seed) runs of online methods "
+               f"{summary['diverged']}: {'MET' if total == 0 else 'NOT met'}")
+  return lines
+
+
 def tuning_figures(study, folder):
   plt = _plt()
   trials = complete_trials(study)
   if not trials:
     return []
-  paths = []
-  fig, ax = plt.subplots(figsize=(7, 5))
+  fig, ax = plt.subplots(figsize=(8, 5))
   by_method = {}
   for t in trials:
-    by_method.setdefault(t.params["method"], []).append(np.asarray(t.user_attrs["curve"]))
-  for method, curves in sorted(by_method.items()):
-    grid = np.linspace(0, max(c[-1, 0] for c in curves), 50)
-    # Step interpolation: the value in force after each amount of compute.
-    ys = np.array([c[np.searchsorted(c[:, 0], grid, side="right") - 1, 1] for c in curves])
-    color = COLORS.get(method.split(":")[-1], None)
-    ax.plot(grid, np.median(ys, 0), label=f"{method} ({len(curves)} seeds)", color=color)
-    ax.fill_between(grid, ys.min(0), ys.max(0), alpha=0.2, color=color)
-  ax.set_yscale("log")
-  ax.legend(fontsize=8)
-  paths.append(_save(fig, ax, os.path.join(folder, "tuning_curves.png"), "inner steps spent",
-                     "validation loss after one fresh horizon",
-                     "online tuning against black-box search (median, min–max over seeds)"))
-  return paths
+    curve = np.asarray(t.user_attrs["curve"], np.float64)
+    if t.params["method"].startswith("online:"):  # each point's model costs one run more
+      curve[:, 0] += t.user_attrs.get("run_steps", 0)
+    by_method.setdefault(t.params["method"], []).append(curve)
+  run = max([t.user_attrs.get("run_steps", 1) for t in trials] + [1])
+  for i, (method, curves) in enumerate(sorted(by_method.items())):
+    color = f"C{i % 10}"
+    if method == "grid":  # one point per budget, not a trajectory
+      xs = curves[0][:, 0] / run
+      ys = np.array([c[:, 2] for c in curves if len(c) == len(xs)])
+      ax.errorbar(xs, np.median(ys, 0), yerr=[np.median(ys, 0) - np.percentile(ys, 25, 0),
+                                                np.percentile(ys, 75, 0) - np.median(ys, 0)],
+                  fmt="s--", color=color, label=f"{method} ({len(ys)} seeds)", capsize=3)
+      continue
+    grid = np.geomspace(run, max(c[-1, 0] for c in curves), 60)
+    # Step interpolation: the model in force after each amount of compute (NaN before the first).
+    def at(c):
+      idx = np.searchsorted(c[:, 0], grid, side="right") - 1
+      return np.where(idx >= 0, c[np.maximum(idx, 0), 2], np.nan)
+    ys = np.array([at(c) for c in curves])
+    ax.plot(grid / run, np.nanmedian(ys, 0), label=f"{method} ({len(curves)} seeds)", color=color)
+    ax.fill_between(grid / run, np.nanpercentile(ys, 25, 0), np.nanpercentile(ys, 75, 0),
+                    alpha=0.15, color=color)
+  rows, _ = tuning_rows(study)
+  for (method, budget), outs in sorted(rows.items()):
+    if method.startswith("single:") and method.endswith(" own"):
+      v = [o["test_loss"] for o in outs]
+      ax.plot([budget], [np.median(v)], "*", ms=12, label=f"{method} model (median)")
+  ax.set_xscale("log")
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+  return [_save(fig, ax, os.path.join(folder, "tuning_curves.png"),
+                "training runs' worth of inner steps spent (every particle counted)",
+                "held-out test loss of the final model",
+                "online tuning, black-box search and the practitioner's grid\n"
+                "(median and interquartile range over seeds)")]
 
 
 def tensorboard_sessions(study, folder, metrics):
@@ -334,21 +426,43 @@ def write_report(study, kind, folder):
     figures = tuning_figures(study, folder)
     tensorboard_sessions(study, os.path.join(folder, "tensorboard"), ["inner_steps"])
     text = tuning_table(study)
+    with open(os.path.join(folder, "summary.json"), "w") as f:
+      json.dump(tuning_summary(study), f, indent=1)
   with open(os.path.join(folder, "summary.md"), "w") as f:
     f.write(text + "\n")
   return text, figures
 
 
 def tuning_table(study):
-  rows = ["| method | seeds | final validation loss (median) | min | max | inner steps |",
-          "|---|---|---|---|---|---|"]
-  by_method = {}
-  for t in complete_trials(study):
-    by_method.setdefault(t.params["method"], []).append(t)
-  for method, ts in sorted(by_method.items()):
-    v = np.array([t.value for t in ts])
-    steps = int(np.median([t.user_attrs["inner_steps"] for t in ts]))
-    rows.append(f"| {method} | {len(ts)} | {np.median(v):.4g} | {v.min():.4g} | {v.max():.4g} | "
-                f"{steps} |")
-  return "\n".join(rows)
-
+  """summary.md's tables: budgets as columns (test loss), then every row with accuracy."""
+  summary = tuning_summary(study)
+  if not summary["rows"]:
+    return "no finished trials"
+  budgets = sorted({r["budget_runs"] for r in summary["rows"] if not r["method"].startswith(
+      "single:")})
+  by = {(r["method"], r["budget_runs"]): r for r in summary["rows"]}
+  methods = sorted({m for m, _ in by if not m.startswith("single:")})
+  cell = lambda r, k: (f"{r[k]['median']:.3f} [{r[k]['q25']:.3f}, {r[k]['q75']:.3f}]"
+                       if r else "")
+  lines = ["Held-out test loss of the final model, median [25%, 75%] over seeds, by budget "
+           "(training runs of inner steps, every particle counted):", "",
+           "| method | " + " | ".join(f"{b} runs" for b in budgets) + " |",
+           "|---|" + "---|" * len(budgets)]
+  for m in methods:
+    lines.append(f"| {m} | " + " | ".join(cell(by.get((m, b)), "test_loss") for b in budgets)
+                 + " |")
+  lines += ["", "Single-run mode (tuned during ONE training run; at its own cost):", "",
+            "| method | runs | seeds | test loss | test accuracy |", "|---|---|---|---|---|"]
+  for r in summary["rows"]:
+    if r["method"].startswith("single:"):
+      lines.append(f"| {r['method']} | {r['budget_runs']} | {r['seeds']} | "
+                   f"{cell(r, 'test_loss')} | {cell(r, 'test_accuracy')} |")
+  if any(np.isfinite(r["test_accuracy"]["median"]) for r in summary["rows"]):
+    lines += ["", "Test accuracy, median [25%, 75%]:", "",
+              "| method | " + " | ".join(f"{b} runs" for b in budgets) + " |",
+              "|---|" + "---|" * len(budgets)]
+    for m in methods:
+      lines.append(f"| {m} | " + " | ".join(cell(by.get((m, b)), "test_accuracy")
+                                            for b in budgets) + " |")
+  lines += ["", "Goals:", ""] + tuning_goals(summary)
+  return "\n".join(lines)

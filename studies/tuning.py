@@ -1,24 +1,39 @@
-"""Online tuning against black-box search (Optuna TPE and random) at matched inner steps.
+"""Online tuning against black-box search and the practitioner's grid, at matched inner steps.
 
 Each trial of the study is one (method, seed) run, laid out by a grid sampler so
-that any number of workers share the grid. Every method gets the same budget of
-inner steps (counting every particle's steps; evaluations are not counted):
+that any number of workers share the grid. Budgets are counted in training runs
+of ``horizon`` inner steps, every particle's steps included (evaluations are not
+counted). One trial runs its method to the largest budget and reads off the
+smaller ones; what each method's "final model" is at a budget of ``b`` runs:
 
-- ``online:<estimator>``: :func:`metaopt.tuner` from the problem's initial theta.
-- ``tpe`` / ``random``: an Optuna search (in memory) over the same theta, each
-  trial training one horizon from scratch, reporting its validation loss along
-  the way and pruned by ``MedianPruner``.
+- ``online:<estimator>`` (restarts, :func:`metaopt.tuner` from the problem's
+  initial theta, the inner training restarting every horizon): theta after
+  ``(b - 1)`` runs' worth of tuning, then ONE fresh training run with it (the
+  ``b``-th run). The same trial also gives the **single run** mode: the first
+  horizon of the tuning run is one training run during which theta is tuned
+  online (as OHO does); its own final model (chain 0, particle 0) costs
+  ``copies`` runs (1 for rtrl / uoro, the particles for pes / nres), and a fresh
+  retrain with its final theta one run more.
+- ``tpe`` / ``random`` / ``cmaes``: an Optuna search (in memory) over theta0 +-
+  ``search_width``, each trial one training run, pruned by ``MedianPruner``; the
+  final model is the best finished trial's own (by validation loss).
+- ``grid``: the practitioner's baseline: ``b`` learning rates log-spaced over
+  lr0 x exp(+-search_width) (``b = 1``: lr0), the problem built with
+  ``baseline_options`` (e.g. a cosine schedule) and every other hyperparameter at
+  its initial value; the final model is the best run's own (by validation loss).
 
-A run's curve is (inner steps spent, validation loss after training one fresh
-horizon with the method's current theta on fixed evaluation keys); for
-black-box search the current theta is the best finished trial's.
+Every final model is scored on the problem's held-out TEST split (``test_loss``,
+``test_accuracy`` from ``problem.evaluate``; problems without one report their
+validation or meta-loss there).
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
+import jax.flatten_util  # pylint: disable=unused-import
 import jax.numpy as jnp
 import numpy as np
 import optuna
@@ -26,16 +41,22 @@ import optuna
 import metaopt
 import unrolled
 
-BLACK_BOX = ("tpe", "random")
+BLACK_BOX = ("tpe", "random", "cmaes")
+BASELINES = ("grid",)
+METRICS = ("validation_loss", "test_loss", "test_accuracy")
+# A tuned theta whose retrained validation loss exceeds this multiple of the untuned one's (or
+# is not finite) at any evaluation point, or any non-finite outer step, counts as a divergence.
+# 1.5: on MNIST-1D a dead network (chance, 2.30) is 1.6 x the untuned 1.45.
+DIVERGENCE_FACTOR = 1.5
 
 
 class Context(NamedTuple):
   problem_name: str
   problem_options: dict
-  methods: tuple  # "online:rtrl", "online:pes", "tpe", "random", ...
+  methods: tuple  # "online:rtrl", "online:pes", "tpe", "random", "cmaes", "grid"
   seeds: tuple
-  budget: int  # inner steps per run
-  num_evals: int
+  budgets: tuple  # training runs (of `horizon` inner steps), increasing
+  num_evals: int  # extra evaluation points along an online run's curve
   num_steps: int
   num_particles: int
   sigma: float
@@ -43,54 +64,125 @@ class Context(NamedTuple):
   meta_lr: float
   search_width: float  # black-box range: theta0 +- search_width (unconstrained units)
   num_reports: int  # intermediate reports per black-box trial
+  baseline_options: dict = {}  # problem options of the grid baseline (e.g. schedule=cosine)
+  baseline_key: str = "learning_rate"  # theta entry (log units) the grid shifts
+  max_grad_norm: float | None = None  # the online tuner's guards (metaopt.meta_optimizer)
+  max_update: float | None = metaopt.DEFAULT_MAX_UPDATE
+  warmup_steps: int = metaopt.DEFAULT_WARMUP_STEPS
+  decay_steps: int | None = metaopt.DEFAULT_DECAY_STEPS
+  rollback_factor: float | None = 1.5  # metaopt.tune's default; None: no rollback
 
 
-def make_problem(ctx):
-  return unrolled.get(ctx.problem_name, **ctx.problem_options)
+def make_problem(ctx, **extra):
+  return unrolled.get(ctx.problem_name, **{**ctx.problem_options, **extra})
+
+
+def check_methods(methods):
+  """Raises ValueError naming a method that is not online:<estimator>, black-box or a baseline."""
+  for m in methods:
+    if m not in BLACK_BOX + BASELINES and not m.startswith("online:"):
+      raise ValueError(f"{m!r} is not online:<estimator> or one of {BLACK_BOX + BASELINES}")
+
+
+def scores(problem, final, losses):
+  """The METRICS of a trained inner state (validation / test fall back to the meta-loss)."""
+  out = dict(problem.evaluate(final)) if problem.evaluate is not None else {}
+  meta = jnp.mean(losses)
+  validation = out.get("validation_loss", meta)
+  return {"validation_loss": validation, "test_loss": out.get("test_loss", validation),
+          "test_accuracy": out.get("test_accuracy", jnp.nan)}
+
+
+def _floats(tree):
+  return {k: float(v) for k, v in tree.items()}
 
 
 def evaluator(problem, seed):
-  """theta -> validation loss after one fresh horizon on fixed keys (jit-compiled once)."""
+  """theta -> METRICS after one fresh training run on fixed keys (jit-compiled once)."""
   key = jax.random.key(10_000 + seed)
+  keys = jax.random.split(key, problem.system.horizon)
 
   @jax.jit
   def evaluate(theta):
-    out = metaopt.evaluate_horizon(problem.system, theta, key, evaluate=problem.evaluate)
-    return out.get("validation_loss", out["meta_loss_mean"])
+    final, losses = metaopt.full_unroll(problem.system, theta, key, keys)
+    return scores(problem, final, losses)
 
-  return lambda theta: float(evaluate(theta))
+  return lambda theta: _floats(evaluate(theta))
+
+
+def diverged(untuned_loss, losses, num_skipped):
+  """Whether an online run diverged: a non-finite outer step, or a retrained validation loss
+  above DIVERGENCE_FACTOR x the untuned one (or not finite) at any evaluation point."""
+  limit = DIVERGENCE_FACTOR * untuned_loss
+  return bool(num_skipped > 0 or any(not math.isfinite(v) or v > limit for v in losses))
 
 
 def run_online(ctx, problem, estimator, seed):
+  """Restarts and single-run modes of one online tuning run.
+
+  Returns:
+    (curve, theta, extra): ``curve`` rows (inner steps spent, validation loss,
+    test loss, test accuracy) of fresh retrains along the run; ``extra`` holds
+    ``at_budget`` ({runs: METRICS}), ``single_own`` and ``single_retrain`` (each
+    METRICS plus ``runs``), ``num_skipped`` and ``diverged``.
+  """
   est = metaopt.get_estimator(estimator, problem.system, num_steps=ctx.num_steps,
                               num_particles=ctx.num_particles, sigma=ctx.sigma)
+  horizon = problem.system.horizon
   window = metaopt.window_length(estimator, problem.system, ctx.num_steps)
-  per_outer = window * metaopt.copies_per_step(estimator, ctx.num_particles)
-  outer_steps = max(1, ctx.budget // per_outer)
-  meta = metaopt.META_OPTIMIZERS[ctx.meta_optimizer](ctx.meta_lr)
-  t = metaopt.tuner(est, meta)
+  copies = metaopt.copies_per_step(estimator, ctx.num_particles)
+  per_outer = window * copies
+  t = metaopt.tuner(
+      est, metaopt.meta_optimizer(
+          ctx.meta_optimizer, ctx.meta_lr, max_grad_norm=ctx.max_grad_norm,
+          max_update=ctx.max_update, warmup_steps=ctx.warmup_steps, decay_steps=ctx.decay_steps),
+      horizon_windows=None if ctx.rollback_factor is None else horizon // window,
+      rollback_factor=ctx.rollback_factor or 1.5)
   state = t.init(jax.random.key(seed), problem.theta)
   run = jax.jit(t.run, static_argnums=1)
   evaluate = evaluator(problem, seed)
-  marks = np.unique(np.linspace(0, outer_steps, ctx.num_evals + 1).astype(int))
-  curve = [(0, evaluate(problem.theta))]
-  for a, b in zip(marks[:-1], marks[1:]):
-    state, _ = run(state, int(b - a))
-    curve.append((int(b) * per_outer, evaluate(state.theta)))
-  return curve, jax.flatten_util.ravel_pytree(state.theta)[0].tolist(), {
-      "num_skipped": int(state.num_skipped)}
+  template = jax.eval_shape(problem.system.init, jax.random.key(0), problem.theta)
+  # The run's own model: its losses along the run are not kept, so a problem without a
+  # validation split scores it by its evaluate's first value (scores' fallback needs losses).
+  own = jax.jit(lambda s: scores(problem, metaopt.one_inner_state(s.inner, template),
+                                 jnp.full((1,), jnp.nan)))
+  # Outer steps at which theta is read: each budget's (b - 1) runs, the end of the first
+  # horizon (single run), and num_evals more points for the curve.
+  last = (max(ctx.budgets) - 1) * horizon // per_outer
+  single = horizon // window
+  marks = {0, single, last} | {(b - 1) * horizon // per_outer for b in ctx.budgets}
+  marks |= set(np.linspace(0, last, ctx.num_evals + 1).astype(int).tolist())
+  marks = sorted(m for m in marks if m <= max(last, single))
+  untuned = evaluate(problem.theta)
+  at_mark, done = {0: untuned}, 0
+  extra = {}
+  for m in marks[1:]:
+    state, _ = run(state, m - done)
+    done = m
+    at_mark[m] = evaluate(state.theta)
+    if m == single:
+      extra["single_own"] = {**_floats(own(state.estimator_state)), "runs": copies}
+      extra["single_retrain"] = {**at_mark[m], "runs": copies + 1}
+      extra["single_theta"] = jax.flatten_util.ravel_pytree(state.theta)[0].tolist()
+  curve = [(m * per_outer, *(at_mark[m][k] for k in METRICS)) for m in marks]
+  extra["at_budget"] = {str(b): at_mark[(b - 1) * horizon // per_outer] for b in ctx.budgets}
+  extra["num_skipped"] = int(state.num_skipped)
+  extra["num_rollbacks"] = int(state.num_rollbacks)
+  extra["diverged"] = diverged(untuned["validation_loss"],
+                              [p["validation_loss"] for p in at_mark.values()],
+                              int(state.num_skipped))
+  return curve, jax.flatten_util.ravel_pytree(state.theta)[0].tolist(), extra
 
 
-def run_black_box(ctx, problem, method, seed):
-  theta0, unravel = jax.flatten_util.ravel_pytree(problem.theta)
-  theta0 = np.asarray(theta0)
-  horizon = problem.system.horizon
-  chunk = max(1, horizon // ctx.num_reports)
-  sampler = (optuna.samplers.TPESampler(seed=seed) if method == "tpe"
-             else optuna.samplers.RandomSampler(seed=seed))
-  pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-  search = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
+def sampler(method, seed):
+  if method == "tpe":
+    return optuna.samplers.TPESampler(seed=seed)
+  if method == "cmaes":  # needs the cmaes package (the [cmaes] extra)
+    return optuna.samplers.CmaEsSampler(seed=seed)
+  return optuna.samplers.RandomSampler(seed=seed)
 
+
+def _trainer(problem, unravel):
   @jax.jit
   def train(state, theta, keys):
     return jax.lax.scan(lambda s, k: problem.system.step(s, unravel(theta), k), state, keys)
@@ -101,16 +193,26 @@ def run_black_box(ctx, problem, method, seed):
 
   @jax.jit
   def score(state, losses):
-    if problem.evaluate is not None:
-      return problem.evaluate(state).get("validation_loss", jnp.mean(losses))
-    return jnp.mean(losses)
+    return scores(problem, state, losses)
 
-  evaluate_tree = evaluator(problem, seed)
-  evaluate = lambda flat: evaluate_tree(unravel(jnp.asarray(flat)))
-  spent, best_theta = 0, theta0
-  curve = [(0, evaluate(theta0))]
+  return train, start, score
+
+
+def run_black_box(ctx, problem, method, seed):
+  """An Optuna search of theta at the largest budget; the best finished trial's model per budget."""
+  theta0, unravel = jax.flatten_util.ravel_pytree(problem.theta)
+  theta0 = np.asarray(theta0)
+  horizon = problem.system.horizon
+  budget = max(ctx.budgets) * horizon
+  chunk = max(1, horizon // ctx.num_reports)
+  pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+  search = optuna.create_study(direction="minimize", sampler=sampler(method, seed), pruner=pruner)
+  train, start, score = _trainer(problem, unravel)
+  spent, best, best_theta = 0, None, theta0
+  finished = []  # (spent when it finished, METRICS)
+  curve = []
   trial_index = 0
-  while spent < ctx.budget:
+  while spent < budget:
     trial = search.ask()
     theta = np.array([trial.suggest_float(f"theta_{i}", v - ctx.search_width,
                                           v + ctx.search_width)
@@ -119,57 +221,92 @@ def run_black_box(ctx, problem, method, seed):
     trial_index += 1
     state = start(jnp.asarray(theta), key)
     all_keys = jax.random.split(key, horizon)
-    value, pruned = None, False
+    value, pruned, out = None, False, None
     for r, offset in enumerate(range(0, horizon, chunk)):
-      n = min(chunk, horizon - offset, ctx.budget - spent)
+      n = min(chunk, horizon - offset, budget - spent)
       if n <= 0:
         break
       state, losses = train(state, jnp.asarray(theta), all_keys[offset:offset + n])
       spent += n
-      value = float(score(state, losses))
-      if not np.isfinite(value):
-        value = float("inf")
+      out = _floats(score(state, losses))
+      value = out["validation_loss"] if math.isfinite(out["validation_loss"]) else float("inf")
       if offset + n < horizon:
         trial.report(value, r)
         if trial.should_prune():
           pruned = True
           break
-    finished = not pruned and offset + n >= horizon
+    complete = not pruned and offset + n >= horizon
     if pruned:
       search.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    elif finished:
+    elif complete:
       search.tell(trial, value)
+      finished.append((spent, out))
+      if best is None or value < best["validation_loss"]:
+        best, best_theta = out, theta
     else:  # out of budget mid-trial
       search.tell(trial, state=optuna.trial.TrialState.FAIL)
-    completed = [t for t in search.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if completed:
-      best = min(completed, key=lambda t: t.value)
-      best_theta = np.array([best.params[f"theta_{i}"] for i in range(theta0.size)], np.float32)
-    curve.append((spent, evaluate(best_theta)))
+    if best is not None:
+      curve.append((spent, *(best[k] for k in METRICS)))
+  at_budget = {}
+  for b in ctx.budgets:
+    done = [o for s, o in finished if s <= b * horizon]
+    at_budget[str(b)] = min(done, key=lambda o: o["validation_loss"]) if done else None
   pruned_trials = sum(t.state == optuna.trial.TrialState.PRUNED for t in search.trials)
-  return curve, best_theta.tolist(), {"pruned_trials": pruned_trials,
+  return curve, best_theta.tolist(), {"pruned_trials": pruned_trials, "at_budget": at_budget,
                                       "search_trials": len(search.trials)}
 
 
+def run_grid(ctx, seed):
+  """The practitioner's baseline: for each budget b, b log-spaced learning rates, best by validation."""
+  problem = make_problem(ctx, **ctx.baseline_options)
+  if not isinstance(problem.theta, dict) or ctx.baseline_key not in problem.theta:
+    raise ValueError(f"the grid baseline shifts theta[{ctx.baseline_key!r}]; this problem's "
+                     f"theta has {sorted(problem.theta) if isinstance(problem.theta, dict) else 'no keys'}")
+  horizon = problem.system.horizon
+  evaluate_shifted = jax.jit(lambda shift, key: scores(problem, *metaopt.full_unroll(
+      problem.system, {**problem.theta, ctx.baseline_key: problem.theta[ctx.baseline_key] + shift},
+      key, jax.random.split(key, horizon))))
+  at_budget, curve, spent = {}, [], 0
+  for b in ctx.budgets:
+    shifts = np.linspace(-ctx.search_width, ctx.search_width, b) if b > 1 else np.zeros(1)
+    runs = []
+    for i, shift in enumerate(shifts):
+      key = jax.random.fold_in(jax.random.key(seed), 1_000 * b + i)
+      runs.append(dict(_floats(evaluate_shifted(jnp.float32(shift), key)),
+                       learning_rate_factor=float(np.exp(shift))))
+    spent += b * horizon
+    best = min(runs, key=lambda o: o["validation_loss"] if math.isfinite(o["validation_loss"])
+               else float("inf"))
+    at_budget[str(b)] = best
+    curve.append((b * horizon, *(best[k] for k in METRICS)))
+  return curve, [], {"at_budget": at_budget, "inner_steps_all_budgets": spent}
+
+
 def objective(ctx):
-  """The tuning study's objective: one (method, seed) run; value = its final validation loss."""
+  """The tuning study's objective: one (method, seed) run; value = its validation loss at the
+  largest budget."""
   problem = make_problem(ctx)
 
   def fn(trial):
     method = trial.suggest_categorical("method", list(ctx.methods))
     seed = trial.suggest_categorical("seed", list(ctx.seeds))
+    check_methods([method])
     if method.startswith("online:"):
       curve, theta, extra = run_online(ctx, problem, method.split(":", 1)[1], seed)
     elif method in BLACK_BOX:
       curve, theta, extra = run_black_box(ctx, problem, method, seed)
     else:
-      raise ValueError(f"unknown method {method!r}; use online:<estimator>, tpe or random")
-    trial.set_user_attr("curve", [[int(s), float(v)] for s, v in curve])
+      curve, theta, extra = run_grid(ctx, seed)
+    trial.set_user_attr("curve", [[int(c[0]), *map(float, c[1:])] for c in curve])
     trial.set_user_attr("theta", theta)
     trial.set_user_attr("inner_steps", int(curve[-1][0]))
+    trial.set_user_attr("run_steps", problem.system.horizon)
     for k, v in extra.items():
       trial.set_user_attr(k, v)
-    return float(curve[-1][1])
+    final = extra["at_budget"][str(max(ctx.budgets))]
+    value = float(final["validation_loss"]) if final else float("inf")
+    # A diverged run stays a finished trial (Optuna fails NaN values): counted, not lost.
+    return value if math.isfinite(value) else float("inf")
 
   return fn
 

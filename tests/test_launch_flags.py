@@ -69,6 +69,10 @@ CASES = {
         (["--checkpoint_every=0"], "checkpoint_every"), (["--checkpoint_every=-1"], "checkpoint_every"),
         (["--log_every=-1"], "log_every"), (["--image_every=-1"], "image_every"),
         (["--max_skipped=-1"], "max_skipped"), (["--evaluate=maybe"], "evaluate"),
+        (["--max_update=-1"], "max_update"), (["--max_update=nan"], "max_update"),
+        (["--warmup_steps=-1"], "warmup_steps"), (["--mode=single"], "mode"),
+        (["--decay_steps=-1"], "decay_steps"),
+        (["--mode=single_run"], "outer_steps"),  # the base case's --outer_steps=8 is not one run
     ],
     "online_rnn": [
         (["--cell=gru"], "cell"), (["--task=maze"], "task"),

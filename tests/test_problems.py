@@ -1,7 +1,9 @@
 """The inner problems: the facts the papers report, and every problem with every estimator."""
 
+import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import metaopt
@@ -87,6 +89,31 @@ def test_mnist1d_is_generated_locally_has_22_hyperparameters_and_learns(model, f
   metrics = problem.evaluate(final)
   print(f"\n{problem.description}\n  after 300 steps: {metrics}")
   assert metrics["test_accuracy"] >= floor
+
+
+def test_mnist1d_validation_minibatches_and_the_cosine_baseline_schedule():
+  full = unrolled.get("mnist1d", model="mlp", width=8, horizon=10)
+  small = unrolled.get("mnist1d", model="mlp", width=8, horizon=10, validation_batch_size=16)
+  key = jax.random.key(3)
+  state = full.system.init(key, full.theta)
+  (after_full, loss_full), (after_small, loss_small) = (
+      p.system.step(state, p.theta, key) for p in (full, small))
+  # The same training minibatch and update; the meta-loss reads 16 of the 800 validation examples.
+  chex.assert_trees_all_close(after_full.params, after_small.params)
+  assert float(loss_small) != float(loss_full)
+  losses = jax.vmap(lambda k: small.system.step(state, small.theta, k)[1])(
+      jax.random.split(key, 400))
+  assert abs(float(jnp.mean(losses)) - float(loss_full)) < 4 * float(jnp.std(losses)) / 20
+  with pytest.raises(ValueError, match="validation_batch_size must be a positive int"):
+    unrolled.get("mnist1d", validation_batch_size=0)
+  cosine = unrolled.get("mnist1d", model="mlp", width=8, horizon=100, schedule="cosine")
+  curve = cosine.hyperparameters(cosine.theta)["learning_rate_curve"]
+  np.testing.assert_allclose(curve[:, 0], 0.05, rtol=1e-5)  # the peak, then cosine decay
+  np.testing.assert_allclose(curve[:, 50], 0.05 * (1e-3 + (1 - 1e-3) * 0.5 * (1 + np.cos(
+      np.pi * 0.5))), rtol=1e-4)
+  assert sum(x.size for x in jax.tree.leaves(cosine.theta)) == 13
+  with pytest.raises(ValueError, match="schedule must be one of"):
+    unrolled.get("mnist1d", schedule="step")
 
 
 def test_digits_parameter_counts_span_the_benchmark_range():

@@ -1,6 +1,7 @@
 """Optuna studies: the recorded numbers, shared studies across worker processes on SQLite and on
 a real PostgreSQL server (with a worker killed mid-trial), and the outputs."""
 
+import json
 import os
 import signal
 import subprocess
@@ -160,28 +161,46 @@ def test_postgresql_worker_killed_mid_trial_is_failed_and_retried(postgres_url, 
   assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2
 
 
+REDUCED_MNIST1D = [  # tuning_mnist1d_mlp.flags, made small; later options win
+    "--flagfile=launch/configs/tuning_mnist1d_mlp.flags", "--problem_option=width=8",
+    "--problem_option=horizon=20", "--problem_option=validation_batch_size=16",
+    "--methods=online:rtrl,online:pes,tpe,random,cmaes,grid", "--num_seeds=1",
+    "--budgets=1,3", "--num_evals=2", "--tune_num_particles=2", "--n_trials=6"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("problem_name, options", [
-    ("toy_regression", {"horizon": 20}),
-    ("digits_mlp", {"width": 8, "depth": 1, "horizon": 20, "schedule": "piecewise_linear",
-                    "num_knots": 3}),
-])
-def test_tuning_study_runs_every_kind_of_method(problem_name, options):
-  ctx = tuning.Context(problem_name, options, ("online:rtrl", "online:pes", "tpe"),
-                       (0,), 2000, 4, 10, 4, 0.1, "adam", 0.05, 2.0, 4)
-  problem = tuning.make_problem(ctx)
-  size = len(jax.flatten_util.ravel_pytree(problem.theta)[0])
-  for method in ctx.methods:
-    if method.startswith("online:"):
-      curve, theta, extra = tuning.run_online(ctx, problem, method.split(":")[1], 0)
-    else:
-      curve, theta, extra = tuning.run_black_box(ctx, problem, method, 0)
-      assert extra["pruned_trials"] > 0, "MedianPruner should stop some trials early"
-      assert extra["search_trials"] > 2000 // 20  # pruned trials cost less than a horizon
-    steps = [s for s, _ in curve]
-    assert steps[0] == 0 and steps == sorted(steps) and steps[-1] <= ctx.budget
-    assert steps[-1] >= 0.8 * ctx.budget
-    assert np.all(np.isfinite([v for _, v in curve])) and len(theta) == size
+def test_the_mnist1d_tuning_study_in_a_reduced_configuration(tmp_path):
+  """Every kind of method at budgets of 1 and 3 runs: the final models' held-out test metrics,
+  the single-run rows, the budget accounting, the tables, the goals and the plot."""
+  out = subprocess.run(study_cmd(*REDUCED_MNIST1D, f"--output_dir={tmp_path}"), cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  study = optuna.load_study(study_name="tuning-mnist1d", storage=storage_lib.make_storage(
+      f"journal:///{tmp_path}/study.journal"))
+  trials = {t.params["method"]: t for t in study.trials}
+  assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials.values())
+  horizon = 20
+  for method, t in trials.items():
+    at = t.user_attrs["at_budget"]
+    assert sorted(at) == ["1", "3"], method
+    for out_b in at.values():
+      assert 0 <= out_b["test_accuracy"] <= 1 and np.isfinite(out_b["test_loss"]), method
+    if method in ("tpe", "random", "cmaes"):  # the best finished trial by validation loss
+      assert t.user_attrs["inner_steps"] <= 3 * horizon
+      assert at["3"]["validation_loss"] <= at["1"]["validation_loss"]
+  rtrl, pes = trials["online:rtrl"].user_attrs, trials["online:pes"].user_attrs
+  assert rtrl["single_own"]["runs"] == 1 and rtrl["single_retrain"]["runs"] == 2
+  assert pes["single_own"]["runs"] == 2 and pes["single_retrain"]["runs"] == 3  # 2 particles
+  assert rtrl["diverged"] is False and rtrl["num_skipped"] == 0
+  # Budget 1 of an online method is the untuned theta, retrained on the same keys as the rest.
+  assert rtrl["at_budget"]["1"] == pes["at_budget"]["1"]
+  summary = (tmp_path / "summary.md").read_text()
+  for text in ("| online:rtrl |", "| grid |", "| cmaes |", "single:rtrl own", "single:pes retrain",
+               "Goals:", "budget 1 runs: best online", "divergence: 0 diverged"):
+    assert text in summary, text
+  assert (tmp_path / "tuning_curves.png").stat().st_size > 10_000
+  rows = json.load(open(tmp_path / "summary.json"))["rows"]
+  assert {(r["method"], r["budget_runs"]) for r in rows} >= {("grid", 3), ("single:rtrl own", 1)}
 
 
 def test_storage_urls():

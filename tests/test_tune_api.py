@@ -126,9 +126,16 @@ def test_a_logdir_of_another_configuration_or_theta_is_refused_before_compute(tm
     (dict(evaluate=3), "evaluate must be a function"),
     (dict(config={"num_steps": 4}), "config sets ['num_steps']"),
     (dict(config={"f": object()}), "config must hold JSON values"),
+    (dict(mode="single"), "mode must be one of ('restarts', 'single_run')"),
+    (dict(mode="single_run", outer_steps=3), "one_run"),
+    (dict(max_update=0.0), "max_update"),
+    (dict(warmup_steps=-1), "warmup_steps"),
+    (dict(decay_steps=0), "decay_steps"),
 ])
 def test_bad_options_are_refused_before_any_file(options, message, tmp_path):
   kwargs = {**QUIET, "outer_steps": 2, **options}
+  message = "ONE training run: the horizon 4 / window 2 = 2 outer steps" if message == "one_run" \
+      else message
   with pytest.raises(ValueError, match=re.escape(message)):
     metaopt.tune(SYSTEM, jnp.float32(0.0), logdir=tmp_path / "run", **kwargs)
   assert not (tmp_path / "run").exists()
@@ -177,3 +184,58 @@ def test_metaopt_imports_nothing_from_unrolled():
           "('unrolled', 'launch', 'studies')]; assert not bad, bad")
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-2000:]
+
+
+DETERMINISTIC = metaopt.UnrolledSystem(  # no key: a run with a fixed theta is reproducible
+    init=lambda key, th: jnp.ones(2), horizon=6,
+    step=lambda s, th, key: (0.5 * s + th, jnp.sum((s - 1.0) ** 2)))
+
+
+def _distance(state):
+  return {"distance": jnp.sum((state - 1.0) ** 2)}
+
+
+@pytest.mark.parametrize("estimator", ["rtrl", "uoro", "pes"])
+def test_single_run_mode_tunes_during_one_run_and_reports_its_own_model(estimator, tmp_path):
+  kwargs = dict(estimator=estimator, num_steps=2, num_particles=2, sigma=0.1, verbose=False,
+                evaluate=_distance)
+  # With a meta learning rate of 0, the single run's own model is a plain run at theta0.
+  frozen = metaopt.tune(DETERMINISTIC, jnp.float32(0.0), mode="single_run",
+                        meta_optimizer=optax.sgd(0.0), **kwargs)
+  assert frozen.summary["outer_steps"] == 3  # horizon 6 / window 2: one training run
+  plain = metaopt.evaluate_horizon(DETERMINISTIC, jnp.float32(0.0), jax.random.key(0),
+                                   evaluate=_distance)
+  if estimator != "pes":  # pes's particle 0 trains at theta0 + its perturbation
+    np.testing.assert_allclose(frozen.summary["single_run_final"]["distance"],
+                               float(plain["distance"]), rtol=1e-6)
+  tuned = metaopt.tune(DETERMINISTIC, jnp.float32(0.0), mode="single_run", meta_optimizer="sgd",
+                       meta_lr=0.02, decay_steps=None, logdir=tmp_path, **kwargs)
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["config"]["mode"] == "single_run" and summary["outer_steps"] == 3
+  # theta moved towards 0.5 (s -> 2 theta = 1) during the run: the run's own model and the
+  # retrain with the final theta both beat the untuned run.
+  assert float(tuned.theta) > 0.0
+  assert summary["single_run_final"]["distance"] < summary["untuned"]["distance"]
+  assert summary["tuned"]["distance"] < summary["untuned"]["distance"]
+  assert "final/single_run_distance" in tags(str(tmp_path)).Tags()["tensors"]
+
+
+def test_the_default_meta_optimizer_warms_up_and_bounds_each_step():
+  opt = metaopt.meta_optimizer("sgd", 1.0, max_update=0.5, warmup_steps=3, decay_steps=None)
+  state, steps = opt.init(jnp.zeros(2)), []
+  for _ in range(5):
+    updates, state = opt.update(jnp.array([-0.2, 100.0]), state)
+    steps.append(np.asarray(updates))
+  # The learning rate ramps 1/4, 2/4, 3/4, 1, 1; no coordinate moves more than 0.5 a step.
+  np.testing.assert_allclose([u[0] for u in steps], [0.05, 0.1, 0.15, 0.2, 0.2], rtol=1e-6)
+  np.testing.assert_allclose([u[1] for u in steps], [-0.5] * 5)
+  # After the warm-up the default rate decays as 1 / sqrt(1 + t / decay_steps).
+  opt = metaopt.meta_optimizer("sgd", 1.0, warmup_steps=2, decay_steps=4)
+  state, steps = opt.init(jnp.zeros(1)), []
+  for _ in range(7):
+    updates, state = opt.update(jnp.ones(1), state)
+    steps.append(-float(updates[0]))
+  np.testing.assert_allclose(steps, [1 / 3, 2 / 3, 1, (1 + 1 / 4) ** -0.5, (1 + 2 / 4) ** -0.5,
+                                     (1 + 3 / 4) ** -0.5, (1 + 4 / 4) ** -0.5], rtol=1e-6)
+  with pytest.raises(ValueError, match="meta_optimizer='lion' is unknown"):
+    metaopt.meta_optimizer("lion")

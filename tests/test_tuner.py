@@ -142,3 +142,27 @@ def test_outer_steps_are_not_retraced():
   for _ in range(6):  # crosses a horizon reset
     state, _ = update(state)
   assert int(state.step) == 6
+
+
+def test_a_horizon_much_worse_than_the_best_sets_theta_back():
+  """theta is pushed (by an sgd step on a constant hypergradient) into a region whose loss grows;
+  with the rollback, theta returns to the start of the best horizon instead of drifting on."""
+  system = metaopt.UnrolledSystem(  # loss = theta^2 at every step, whatever the state
+      init=lambda key, th: jnp.zeros(()), horizon=4,
+      step=lambda s, th, key: (s, jnp.square(th) + 1.0))
+  est = metaopt.rtrl(system, num_steps=2)
+  push = optax.sgd(-1.0)  # ascends: the hypergradient of a window is 4 theta: 1 -> 5 -> 25 ...
+  for windows, expected in ((None, 0), (2, 1)):
+    t = metaopt.tuner(est, push, horizon_windows=windows, rollback_factor=1.5)
+    state, info = jax.jit(t.run, static_argnums=1)(t.init(jax.random.key(0), jnp.float32(1.0)), 4)
+    if windows is None:
+      assert float(state.theta) > 10 and int(state.num_rollbacks) == 0
+    else:
+      # Horizon 1 (theta 1, then 5; window losses 4 and 52): mean 28, the best. Horizon 2
+      # (theta 25, then 125): mean (1252 + 31252) / 2 > 1.5 x 28, so theta goes back to 1.
+      assert int(state.num_rollbacks) == expected
+      np.testing.assert_allclose(float(state.theta), 1.0)
+      np.testing.assert_allclose(float(state.best_loss), 28.0)
+      np.testing.assert_allclose(info["num_rollbacks"], [0, 0, 0, 1])
+  with pytest.raises(ValueError, match="rollback_factor must be >= 1"):
+    metaopt.tuner(est, push, horizon_windows=2, rollback_factor=0.5)

@@ -111,7 +111,8 @@ def optax_system(*, loss_fn: Callable, sample_batch: Callable, init_params: Call
                  optimizer: optax.GradientTransformation,
                  hyperparams: Mapping[str, Hyperparameter], horizon: int,
                  validation_batch: Any = None, meta_loss: str = "validation",
-                 param_groups: Callable | None = None) -> metaopt.UnrolledSystem:
+                 param_groups: Callable | None = None,
+                 validation_batch_size: int | None = None) -> metaopt.UnrolledSystem:
   """Turns an optax training loop into a :class:`metaopt.UnrolledSystem`.
 
   theta is a dict with one entry per ``hyperparams`` key (see
@@ -142,6 +143,10 @@ def optax_system(*, loss_fn: Callable, sample_batch: Callable, init_params: Call
       validation_batch)``; ``"train"``: the step's minibatch loss before the update.
     param_groups: ``param_groups(params) -> pytree of str labels`` for
       per-group entries; default: one group per top-level entry of params.
+    validation_batch_size: if given, each step's ``"validation"`` meta-loss
+      reads this many examples of ``validation_batch`` drawn (with replacement)
+      with the step's key: an unbiased, cheaper estimate of the full one, as
+      OHO's validation minibatches.
 
   Returns:
     The system; its state is :class:`OptaxState`.
@@ -150,6 +155,11 @@ def optax_system(*, loss_fn: Callable, sample_batch: Callable, init_params: Call
     raise ValueError(f"meta_loss must be 'validation' or 'train', got {meta_loss!r}")
   if meta_loss == "validation" and validation_batch is None:
     raise ValueError("meta_loss='validation' needs a validation_batch")
+  if validation_batch_size is not None and (
+      isinstance(validation_batch_size, bool) or not isinstance(validation_batch_size, int)
+      or validation_batch_size < 1):
+    raise ValueError(f"validation_batch_size must be a positive int, got "
+                     f"{validation_batch_size!r}")
   if not hyperparams:
     raise ValueError("hyperparams is empty: name at least one hyperparameter to tune")
   for name, h in hyperparams.items():
@@ -229,7 +239,12 @@ def optax_system(*, loss_fn: Callable, sample_batch: Callable, init_params: Call
     updates, opt_state = opt.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     opt_state = set_hyperparams(opt_state, jax.lax.stop_gradient(values))
-    if meta_loss == "validation":
+    if meta_loss == "validation" and validation_batch_size is not None:
+      size = jax.tree.leaves(validation_batch)[0].shape[0]
+      # fold_in: the training minibatch stays the one sample_batch(key) always drew.
+      idx = jax.random.randint(jax.random.fold_in(key, 1), (validation_batch_size,), 0, size)
+      loss = loss_fn(params, jax.tree.map(lambda a: a[idx], validation_batch))
+    elif meta_loss == "validation":
       loss = loss_fn(params, validation_batch)
     else:
       loss = train_loss
@@ -268,6 +283,7 @@ def optax_problem(*, loss_fn: Callable, sample_batch: Callable, init_params: Cal
                   hyperparams: Mapping[str, Hyperparameter], horizon: int,
                   validation_batch: Any = None, meta_loss: str = "validation",
                   param_groups: Callable | None = None,
+                  validation_batch_size: int | None = None,
                   metrics: Callable[[Any], Mapping[str, Any]] | None = None,
                   description: str | None = None) -> Problem:
   """A user's optax training loop as an :class:`~unrolled.Problem`: ready for
@@ -281,7 +297,8 @@ def optax_problem(*, loss_fn: Callable, sample_batch: Callable, init_params: Cal
 
   Args:
     loss_fn, sample_batch, init_params, optimizer, hyperparams, horizon,
-      validation_batch, meta_loss, param_groups: as for :func:`optax_system`.
+      validation_batch, meta_loss, param_groups, validation_batch_size: as for
+      :func:`optax_system`.
     metrics: ``metrics(params) -> dict`` of scalars of the trained parameters
       (e.g. validation accuracy), logged with ``train_loss`` and (given a
       validation batch) ``validation_loss``.
@@ -295,7 +312,7 @@ def optax_problem(*, loss_fn: Callable, sample_batch: Callable, init_params: Cal
   system = optax_system(loss_fn=loss_fn, sample_batch=sample_batch, init_params=init_params,
                         optimizer=optimizer, hyperparams=hyperparams, horizon=horizon,
                         validation_batch=validation_batch, meta_loss=meta_loss,
-                        param_groups=param_groups)
+                        param_groups=param_groups, validation_batch_size=validation_batch_size)
   theta = initial_theta(hyperparams, num_groups(init_params, param_groups))
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
       jax.eval_shape(init_params, jax.random.key(0))))

@@ -19,14 +19,14 @@ from metaopt._src import checkpoint
 from metaopt._src import files
 from metaopt._src import horizon
 from metaopt._src import memory
+from metaopt._src import meta_optimizer as meta_optimizer_lib
+from metaopt._src.meta_optimizer import META_OPTIMIZERS
 from metaopt._src import registry
 from metaopt._src import summary
 from metaopt._src import tuner as tuner_lib
 
-# Meta-optimisers by name (``meta_optimizer="adam"`` with ``meta_lr``).
-META_OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
-    "sgd": optax.sgd, "adam": optax.adam, "rmsprop": optax.rmsprop,
-    "momentum": lambda lr: optax.sgd(lr, momentum=0.9)}
+# Online modes: the inner training restarts every horizon, or theta is tuned during one run.
+MODES = ("restarts", "single_run")
 # Files of a run folder.
 CHECKPOINT, CONFIG, SUMMARY = "checkpoint.npz", "config.json", "summary.json"
 # Outer steps per jitted call at most (a call is one host round trip for the logs).
@@ -74,8 +74,14 @@ class TuningStopped(RuntimeError):
 
 def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estimator = "rtrl",
          num_steps: int = 10, num_particles: int = 8, sigma: float = 0.01,
-         meta_optimizer: str | optax.GradientTransformation = "adam", meta_lr: float = 1e-2,
-         max_grad_norm: float | None = None, outer_steps: int = 100, num_chains: int = 1,
+         meta_optimizer: str | optax.GradientTransformation = "adam", meta_lr: float = meta_optimizer_lib.DEFAULT_META_LR,
+         max_grad_norm: float | None = None,
+         max_update: float | None = meta_optimizer_lib.DEFAULT_MAX_UPDATE,
+         warmup_steps: int = meta_optimizer_lib.DEFAULT_WARMUP_STEPS,
+         decay_steps: int | None = meta_optimizer_lib.DEFAULT_DECAY_STEPS,
+         rollback_factor: float | None = 1.5, mode: str = "restarts",
+         outer_steps: int | None = None,
+         num_chains: int = 1,
          seed: int = 0, logdir: str | os.PathLike | None = None, checkpoint_every: int = 100,
          log_every: int = 0, image_every: int = 0, max_skipped: int = 100,
          evaluate: Callable[[Any], Mapping[str, Any]] | None = None,
@@ -110,7 +116,23 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
       learning rate) or any ``optax.GradientTransformation``.
     meta_lr: the learning rate of a named meta-optimiser.
     max_grad_norm: clip the averaged hypergradient's global norm (optax).
-    outer_steps: outer steps in all (a resumed run continues up to it).
+    max_update, warmup_steps, decay_steps: bound on each coordinate's change
+      per outer step (None: no bound), outer steps of meta learning-rate
+      warm-up, and the time scale of its 1/sqrt decay (None: constant)
+      (:func:`~metaopt.meta_optimizer`; named meta-optimisers only, a custom
+      one is used as given).
+    rollback_factor: after each horizon, set theta back to the one that
+      started the best horizon if this one's mean loss exceeded this multiple
+      of the best's (:func:`~metaopt.tuner`); None: never.
+    mode: ``"restarts"``: the inner training restarts every horizon and
+      tuning goes on for ``outer_steps``; ``"single_run"``: ONE training run
+      (the horizon) during which theta is tuned, as OHO does (the schedule's
+      knots ahead keep being tuned as the run reaches them): ``outer_steps`` is
+      the horizon's windows, and the summary holds ``single_run_final``, that
+      run's own final model evaluated (chain 0), beside ``tuned``, a fresh
+      retrain with the final theta.
+    outer_steps: outer steps in all (a resumed run continues up to it);
+      default 100, or one horizon in single-run mode.
     num_chains: independent estimator chains, averaged.
     seed: the same seed gives the same run.
     logdir: the run folder (made if missing), or None to write nothing.
@@ -167,14 +189,23 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
     base.check_estimator(estimator)
     est, window = estimator, base.check_count(num_steps, "num_steps")
   if isinstance(meta_optimizer, str):
-    if meta_optimizer not in META_OPTIMIZERS:
-      raise ValueError(f"meta_optimizer={meta_optimizer!r} is unknown; choose one of "
-                       f"{sorted(META_OPTIMIZERS)} or pass an optax.GradientTransformation")
     meta_lr = base.check_float(meta_lr, "meta_lr")
-    outer_opt = META_OPTIMIZERS[meta_optimizer](meta_lr)
+    # max_grad_norm is applied by the tuner (for custom meta-optimisers too)
+    outer_opt = meta_optimizer_lib.meta_optimizer(meta_optimizer, meta_lr, max_update=max_update,
+                                                  warmup_steps=warmup_steps,
+                                                  decay_steps=decay_steps)
   else:
     outer_opt = meta_optimizer
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  one_run = system.horizon // window
+  if outer_steps is None:
+    outer_steps = one_run if mode == "single_run" else 100
   outer_steps = base.check_count(outer_steps, "outer_steps")
+  if mode == "single_run" and outer_steps != one_run:
+    raise ValueError(f"mode='single_run' tunes during ONE training run: the horizon "
+                     f"{system.horizon} / window {window} = {one_run} outer steps; got "
+                     f"outer_steps={outer_steps} (leave it out)")
   checkpoint_every = base.check_count(checkpoint_every, "checkpoint_every")
   for value, name in ((log_every, "log_every"), (image_every, "image_every"),
                       (max_skipped, "max_skipped")):
@@ -184,7 +215,9 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
   for fn, name in ((evaluate, "evaluate"), (hyperparameters, "hyperparameters")):
     if fn is not None and not callable(fn):
       raise ValueError(f"{name} must be a function, got {base.describe(fn)}")
-  t = tuner_lib.tuner(est, outer_opt, num_chains=num_chains, max_grad_norm=max_grad_norm)
+  t = tuner_lib.tuner(est, outer_opt, num_chains=num_chains, max_grad_norm=max_grad_norm,
+                      horizon_windows=None if rollback_factor is None else one_run,
+                      rollback_factor=1.5 if rollback_factor is None else rollback_factor)
   memory.check_memory(est, theta, num_chains=num_chains, what="num_chains")
   init = lambda: jax.jit(t.init)(jax.random.key(seed), theta)
   state_shape = jax.eval_shape(init)
@@ -193,6 +226,8 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
                      "state); this estimator's state has none")
   run_config = _run_config(spec, num_steps, num_particles, sigma, meta_optimizer, meta_lr,
                            max_grad_norm, num_chains, seed, checkpoint_every, theta, config)
+  run_config.update(mode=mode, max_update=max_update, warmup_steps=warmup_steps,
+                    decay_steps=decay_steps, rollback_factor=rollback_factor)
   hyperparameters = hyperparameters or _own_leaves
 
   lock, resuming, logdir = None, False, None if logdir is None else os.fspath(logdir)
@@ -219,7 +254,7 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
           checkpoint_path=checkpoint_path, run_config=run_config,
           checkpoint_every=checkpoint_every, log_every=log_every, image_every=image_every,
           max_skipped=max_skipped, num_chains=num_chains, verbose=verbose)
-      result = _finish(system, theta, state, seed=seed, evaluate=evaluate,
+      result = _finish(system, theta, state, seed=seed, evaluate=evaluate, mode=mode,
                        hyperparameters=hyperparameters, compare=compare, run_config=run_config,
                        wall=wall, writer=writer, logdir=logdir, verbose=verbose)
     finally:
@@ -248,7 +283,7 @@ def _outer_loop(t, state, start, outer_steps, *, system, theta0, window, evaluat
   unravel = base.ravel(theta0)[1]
   natural = jax.jit(jax.vmap(lambda flat: hyperparameters(unravel(flat))))
   template = jax.eval_shape(system.init, jax.random.key(0), theta0)
-  evaluate_one = jax.jit(lambda s: evaluate(_one_inner_state(s.estimator_state.inner, template))
+  evaluate_one = jax.jit(lambda s: evaluate(one_inner_state(s.estimator_state.inner, template))
                          ) if evaluate else None
   for name, (labels, steps, _) in points0.items():
     _say(verbose, f"{name}: a schedule, shown at its {len(labels)} "
@@ -338,8 +373,8 @@ def _duration(seconds):
   return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def _finish(system, theta0, state, *, seed, evaluate, hyperparameters, compare, run_config, wall,
-            writer, logdir, verbose):
+def _finish(system, theta0, state, *, seed, evaluate, mode, hyperparameters, compare, run_config,
+            wall, writer, logdir, verbose):
   """The summary (and its file), the untuned-vs-tuned comparison and the hparams session."""
   out = {"config": run_config, "outer_steps": int(state.step),
          "num_skipped": int(state.num_skipped),
@@ -347,6 +382,13 @@ def _finish(system, theta0, state, *, seed, evaluate, hyperparameters, compare, 
          "theta_names": summary.coordinate_names(theta0),
          "hyperparameters": jax.device_get(hyperparameters(state.theta)),
          "wall_seconds_this_process": wall}
+  if mode == "single_run" and evaluate is not None:
+    template = jax.eval_shape(system.init, jax.random.key(0), theta0)
+    own = jax.device_get(jax.jit(lambda s: evaluate(one_inner_state(s.inner, template)))(
+        state.estimator_state))
+    out["single_run_final"] = {k: float(v) for k, v in own.items()}
+    _say(verbose, "the single run's own final model (chain 0): " + ", ".join(
+        f"{k} {v:.4g}" for k, v in out["single_run_final"].items()))
   if compare:
     # One fresh horizon per theta on the same keys: the difference is the tuning's alone.
     _say(verbose, "training one fresh horizon with the initial and with the tuned theta "
@@ -362,6 +404,7 @@ def _finish(system, theta0, state, *, seed, evaluate, hyperparameters, compare, 
     summary.log_schedule_curves(writer, jax.device_get(hyperparameters(theta0)),
                                 jax.device_get(hyperparameters(state.theta)))
     metrics = {f"final/{k}": float(v) for k, v in out.get("tuned", {}).items()}
+    metrics.update({f"final/single_run_{k}": v for k, v in out.get("single_run_final", {}).items()})
     metrics["final/num_skipped"] = float(state.num_skipped)
     writer.hparams(_session_hparams(run_config), metrics, int(state.step),
                    trial_id=os.path.basename(os.path.abspath(logdir)))
@@ -472,7 +515,7 @@ def steps_per_call(every: int) -> int:
   return max(d for d in range(1, min(every, MAX_STEPS_PER_CALL) + 1) if every % d == 0)
 
 
-def _one_inner_state(inner, template):
+def one_inner_state(inner, template):
   """Chain 0's inner state (particle 0's where the estimator stacks one per particle): leading
   axes are dropped down to the rank a fresh ``system.init`` state has."""
   return jax.tree.map(lambda x, like: x[(0,) * (x.ndim - len(like.shape))], inner, template)

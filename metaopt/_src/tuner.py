@@ -27,6 +27,11 @@ class TunerState(NamedTuple):
       (chain-averaged) hypergradient and of its square, flat (H,); divided by
       ``ema_weight`` they are bias-corrected, and their difference gives the variance.
     ema_weight: 1 - decay^(number of finite steps), for the bias correction.
+    horizon_theta: theta when the current horizon started.
+    horizon_loss: the current horizon's window losses so far (chains' mean), summed.
+    best_theta, best_loss: the theta that started the horizon with the lowest mean
+      loss so far, and that loss (inf before the first horizon ends).
+    num_rollbacks: horizons after which theta was set back to ``best_theta``.
   """
   theta: Any
   outer_state: Any
@@ -37,6 +42,11 @@ class TunerState(NamedTuple):
   grad_mean: jax.Array
   grad_sq_mean: jax.Array
   ema_weight: jax.Array
+  horizon_theta: Any = None
+  horizon_loss: jax.Array | None = None
+  best_theta: Any = None
+  best_loss: jax.Array | None = None
+  num_rollbacks: jax.Array | None = None
 
 
 class Tuner(NamedTuple):
@@ -48,7 +58,8 @@ class Tuner(NamedTuple):
 
 def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformation, *,
           num_chains: int = 1, max_grad_norm: float | None = None,
-          ema_decay: float = 0.9, spread_chains: bool | None = None) -> Tuner:
+          ema_decay: float = 0.9, spread_chains: bool | None = None,
+          horizon_windows: int | None = None, rollback_factor: float = 1.5) -> Tuner:
   """Online hyperparameter tuning with any estimator and any optax meta-optimiser.
 
   Each outer step runs one window of every chain (``num_chains`` independent
@@ -61,6 +72,15 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
   ``num_skipped``, and the chains that failed restart from a fresh horizon
   (their inner state may have diverged). The same key gives the same
   theta trajectory.
+
+  Rollback (with ``horizon_windows``, the windows of one horizon): at the end
+  of every horizon the tuner compares the horizon's mean window loss with the
+  best so far; a horizon worse than ``rollback_factor`` times the best (or
+  non-finite) sets theta back to the theta that started the best horizon
+  (counted in ``num_rollbacks``; the meta-optimiser's state goes on). A
+  tuner drifting into a region where the inner training degrades therefore
+  never ends far from its best theta. ``metaopt.tune`` and the tuning study
+  turn it on.
 
   ``init`` refuses a NaN or inf theta when theta is concrete. Under
   ``jax.jit(init)`` it cannot look at the values; every update is then
@@ -75,6 +95,9 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
       their spread is the online variance estimate.
     max_grad_norm: if given, clip the averaged hypergradient to this global norm.
     ema_decay: decay of the moving mean and variance of the hypergradient over time.
+    horizon_windows: windows per horizon, for the rollback (None: no rollback).
+    rollback_factor: a horizon's mean loss above this multiple of the best
+      horizon's sets theta back.
     spread_chains: lay the chains out over the local devices (default: when
       there are several devices and ``num_chains`` divides their number). One
       axis only should be spread: when the chains are, build the estimator
@@ -110,6 +133,11 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay!r}")
   if spread_chains is not None:
     spread_chains = base.check_flag(spread_chains, "spread_chains")
+  if horizon_windows is not None:
+    horizon_windows = base.check_count(horizon_windows, "horizon_windows")
+  rollback_factor = base.check_float(rollback_factor, "rollback_factor")
+  if rollback_factor < 1:
+    raise ValueError(f"rollback_factor must be >= 1, got {rollback_factor!r}")
   if max_grad_norm is not None:
     meta_optimizer = optax.chain(optax.clip_by_global_norm(max_grad_norm), meta_optimizer)
   if spread_chains is None:
@@ -136,7 +164,9 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
             init_chains(jax.random.split(key_chains, num_chains), theta)),
         key=base.key_data(key_next), step=jnp.zeros((), jnp.int32),
         num_skipped=jnp.zeros((), jnp.int32), grad_mean=zeros, grad_sq_mean=zeros,
-        ema_weight=jnp.zeros((), theta_vec.dtype))
+        ema_weight=jnp.zeros((), theta_vec.dtype), horizon_theta=theta,
+        horizon_loss=jnp.zeros((), jnp.float32), best_theta=theta,
+        best_loss=jnp.full((), jnp.inf, jnp.float32), num_rollbacks=jnp.zeros((), jnp.int32))
 
   def update(state):
     check_state(state)
@@ -174,15 +204,21 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     grad_sq_mean = jnp.where(finite,
                              ema_decay * state.grad_sq_mean + (1 - ema_decay) * safe_grad**2,
                              state.grad_sq_mean)
+    rollback = _rollback(state, theta, jnp.mean(metrics["loss"]).astype(jnp.float32),
+                         horizon_windows, rollback_factor)
+    theta = rollback["theta"]
     new_state = TunerState(theta, outer_state, est_state, base.key_data(key_next),
                            state.step + 1, state.num_skipped + (~finite).astype(jnp.int32),
-                           grad_mean, grad_sq_mean, weight)
+                           grad_mean, grad_sq_mean, weight, rollback["horizon_theta"],
+                           rollback["horizon_loss"], rollback["best_theta"],
+                           rollback["best_loss"], rollback["num_rollbacks"])
     safe_weight = jnp.maximum(weight, 1e-12)
     ema_mean = grad_mean / safe_weight
     info = {name: jnp.mean(value) for name, value in metrics.items()}
     info.update(grad=grad, chain_grads=chain_grads,
                 chain_variance=jnp.var(chain_grads, axis=0, ddof=1 if num_chains > 1 else 0),
                 finite=finite, num_skipped=new_state.num_skipped, step=new_state.step,
+                num_rollbacks=new_state.num_rollbacks,
                 theta=base.ravel(theta)[0],
                 grad_ema_mean=ema_mean,
                 grad_ema_var=jnp.maximum(grad_sq_mean / safe_weight - ema_mean**2, 0.0))
@@ -205,6 +241,28 @@ def check_state(state: Any) -> None:
     raise ValueError(f"state.theta has {size} coordinates, but the state was made (tuner.init) "
                      f"for {math.prod(jnp.shape(state.grad_mean))}: theta must keep its "
                      "structure, shapes and dtypes")
+
+
+def _rollback(state, theta, loss, horizon_windows, factor):
+  """The rollback's bookkeeping after one outer step (theta: the updated theta)."""
+  keep = dict(theta=theta, horizon_theta=state.horizon_theta, horizon_loss=state.horizon_loss,
+              best_theta=state.best_theta, best_loss=state.best_loss,
+              num_rollbacks=state.num_rollbacks)
+  if horizon_windows is None:
+    return keep
+  total = state.horizon_loss + loss
+  ends = (state.step + 1) % horizon_windows == 0
+  mean = total / horizon_windows
+  better = ends & (mean <= state.best_loss)
+  worse = ends & ~better & ~(mean <= factor * state.best_loss)  # NaN counts as worse
+  best_theta = base.select_tree(better, state.horizon_theta, state.best_theta)
+  theta = base.select_tree(worse, best_theta, theta)
+  return dict(theta=theta,
+              horizon_theta=base.select_tree(ends, theta, state.horizon_theta),
+              horizon_loss=jnp.where(ends, 0.0, total).astype(jnp.float32),
+              best_theta=best_theta,
+              best_loss=jnp.where(better, mean, state.best_loss).astype(jnp.float32),
+              num_rollbacks=state.num_rollbacks + worse.astype(jnp.int32))
 
 
 def _all_finite(tree) -> jax.Array:
