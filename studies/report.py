@@ -356,8 +356,13 @@ def tuning_figures(study, folder):
       curve[:, 0] += t.user_attrs.get("run_steps", 0)
     by_method.setdefault(t.params["method"], []).append(curve)
   run = max([t.user_attrs.get("run_steps", 1) for t in trials] + [1])
-  for i, (method, curves) in enumerate(sorted(by_method.items())):
-    color = f"C{i % 10}"
+  # The largest budget: an online run's single-run evaluation may lie beyond it (8 runs for 8
+  # particles); its curve is drawn up to the budget, the single run as a star.
+  largest = max(int(b) for t in trials for b in t.user_attrs.get("at_budget", {"1": None}))
+  colors = {m: f"C{i % 10}" for i, m in enumerate(sorted(by_method))}
+  for method, curves in sorted(by_method.items()):
+    color = "black" if method == "grid" else colors[method]
+    curves = [c[c[:, 0] <= largest * run] for c in curves]
     if method == "grid":  # one point per budget, not a trajectory
       xs = curves[0][:, 0] / run
       ys = np.array([c[:, 2] for c in curves if len(c) == len(xs)])
@@ -378,7 +383,9 @@ def tuning_figures(study, folder):
   for (method, budget), outs in sorted(rows.items()):
     if method.startswith("single:") and method.endswith(" own"):
       v = [o["test_loss"] for o in outs]
-      ax.plot([budget], [np.median(v)], "*", ms=12, label=f"{method} model (median)")
+      online = "online:" + method[len("single:"):-len(" own")]
+      ax.plot([budget], [np.median(v)], "*", ms=12, color=colors.get(online),
+              markeredgecolor="black", label=f"{method} model (median)")
   ax.set_xscale("log")
   ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
   return [_save(fig, ax, os.path.join(folder, "tuning_curves.png"),
