@@ -58,11 +58,12 @@ def tanh_rnn(horizon=8):
   return metaopt.UnrolledSystem(init, step, horizon), theta
 
 
-def optax_regression(horizon=4):
+def optax_regression(horizon=4, *, with_meta_loss=False):
   """SGD with momentum (optax.inject_hyperparams) on a linear regression.
 
   theta = log learning rate, log weight decay, log init scale. The state holds
-  optax's integer step count.
+  optax's integer step count. ``with_meta_loss``: the system also declares its
+  loss (the validation error of the new weights) as ``meta_loss``.
   """
   w_true = jnp.array([1.0, -2.0, 0.5, 0.0, 1.5])
   x_val = jax.random.normal(jax.random.key(3), (32, 5))
@@ -86,9 +87,14 @@ def optax_regression(horizon=4):
     w = optax.apply_updates(w, updates)
     return (w, opt_state), mse(w, x_val, y_val)
 
+  def meta_loss(state, theta, key):
+    del theta, key
+    return mse(state[0], x_val, y_val)
+
   theta = {"log_lr": jnp.float32(-3.0), "log_wd": jnp.float32(-4.0),
            "log_init_scale": jnp.float32(0.0)}
-  return metaopt.UnrolledSystem(init, step, horizon), theta
+  return metaopt.UnrolledSystem(init, step, horizon,
+                                meta_loss if with_meta_loss else None), theta
 
 
 def long_memory(horizon=40):

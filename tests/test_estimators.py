@@ -16,6 +16,7 @@ NUM_STEPS = {"linear_init_dependent": 2, "tanh_rnn": 2, "optax_regression": 2}
 EXACT = {
     "full_bptt": lambda system, n: metaopt.full_bptt(system),
     "full_bptt_remat": lambda system, n: metaopt.full_bptt(system, remat=True),
+    "full_bptt_unrolled": lambda system, n: metaopt.full_bptt(system, unroll=True),
     "tbptt_whole_horizon": lambda system, n: metaopt.tbptt(system, num_steps=system.horizon),
     "rtrl": lambda system, n: metaopt.rtrl(system, num_steps=n),
 }
@@ -135,6 +136,16 @@ def test_tbptt_is_biased_on_long_memory():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("unroll", [2, True])
+def test_tbptt_unroll_changes_cost_not_the_estimate(unroll):
+  system, theta = systems.optax_regression()
+  grads = [metaopt.sum_window_grads(metaopt.tbptt(system, num_steps=2, unroll=u), theta,
+                                    jax.random.key(4), num_windows=4) for u in (1, unroll)]
+  chex.assert_trees_all_close(*grads, rtol=1e-5)
+  with pytest.raises(ValueError, match="unroll"):
+    metaopt.tbptt(system, num_steps=2, unroll=0)
+
+
 def test_truncated_es_matches_tbptt_as_sigma_shrinks():
   """Truncated ES estimates the same truncated quantity as tbptt (smoothed)."""
   system, theta = systems.long_memory(horizon=8)
@@ -167,6 +178,52 @@ def test_vmap_over_keys_matches_separate_calls(name):
     chex.assert_tree_all_finite(grad)  # assert_trees_all_close takes NaN for equal to NaN
     chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], grads), grad, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(metrics["loss"][i], m["loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FAST_ESTIMATORS))
+def test_vmap_over_copies_out_of_step_matches_separate_calls(name):
+  """Copies at different places in their horizons (one starts one, one does not) under vmap."""
+  system, theta = systems.linear_init_dependent()  # horizon 6, windows of 2
+  est = ALL[name](system, 2)
+  unroll = jax.jit(est.unroll)
+  states = [est.init(jax.random.key(i), theta) for i in range(2)]
+  states[1] = unroll(states[1], theta, jax.random.key(9))[0]  # one window ahead
+  batched = jax.tree.map(lambda *x: jnp.stack(x), *states)
+  keys = jax.random.split(jax.random.key(3), 2)
+  for _ in range(4):  # across a horizon's end, for each copy at another window
+    batched, grads, _ = jax.jit(jax.vmap(est.unroll, in_axes=(0, None, 0)))(batched, theta, keys)
+    outs = [unroll(s, theta, k) for s, k in zip(states, keys)]
+    # ES divides by sigma^2 = 1e-4: a batched sum's other rounding shows at ~1e-4.
+    rtol = 1e-3 if name == "pes" else 1e-5
+    for i, (state, grad, _) in enumerate(outs):
+      chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], grads), grad, rtol=rtol,
+                                  atol=1e-6)
+    states = [o[0] for o in outs]
+    keys = jax.random.split(keys[0], 2)
+
+
+@pytest.mark.parametrize("name", sorted(FAST_ESTIMATORS))
+def test_vmapped_copies_start_a_horizon_only_in_windows_that_need_one(name):
+  """Under vmap a cond on a batched flag would run init in every window; here it does not."""
+  calls = []
+  base, theta = systems.linear_init_dependent()  # horizon 6, windows of 2: 3 per horizon
+
+  def init(key, th):
+    jax.debug.callback(lambda: calls.append(1))
+    return base.init(key, th)
+
+  system = base._replace(init=init)
+  est = ALL[name](system, 2)
+  keys = jax.random.split(jax.random.key(0), 3)
+  states = jax.vmap(est.init, in_axes=(0, None))(keys, theta)
+  unroll = jax.jit(jax.vmap(est.unroll, in_axes=(0, None, 0)))
+  started = []
+  for w in range(6):
+    calls.clear()
+    states = unroll(states, theta, jax.random.split(jax.random.key(w), 3))[0]
+    jax.effects_barrier()
+    started.append(bool(calls))
+  assert started == [True, False, False, True, False, False]
 
 
 def test_state_is_checkpointable_with_numpy():

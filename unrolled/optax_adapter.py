@@ -239,20 +239,24 @@ def optax_system(*, loss_fn: Callable, sample_batch: Callable, init_params: Call
     updates, opt_state = opt.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     opt_state = set_hyperparams(opt_state, jax.lax.stop_gradient(values))
-    if meta_loss == "validation" and validation_batch_size is not None:
-      size = jax.tree.leaves(validation_batch)[0].shape[0]
-      # fold_in: the training minibatch stays the one sample_batch(key) always drew.
-      idx = jax.random.randint(jax.random.fold_in(key, 1), (validation_batch_size,), 0, size)
-      loss = loss_fn(params, jax.tree.map(lambda a: a[idx], validation_batch))
-    elif meta_loss == "validation":
-      loss = loss_fn(params, validation_batch)
-    else:
-      loss = train_loss
-    train_loss = jax.lax.stop_gradient(train_loss).astype(state.train_loss.dtype)
-    return OptaxState(params, opt_state, state.step + 1, train_loss), loss
+    new_state = OptaxState(params, opt_state, state.step + 1,
+                           jax.lax.stop_gradient(train_loss).astype(state.train_loss.dtype))
+    loss = validation_loss(new_state, theta, key) if meta_loss == "validation" else train_loss
+    return new_state, loss
 
-  system = metaopt.UnrolledSystem(init, step, horizon)
-  return system
+  def validation_loss(state, theta, key):
+    del theta  # the validation loss of the updated parameters
+    if validation_batch_size is None:
+      return loss_fn(state.params, validation_batch)
+    size = jax.tree.leaves(validation_batch)[0].shape[0]
+    # fold_in: the training minibatch stays the one sample_batch(key) always drew.
+    idx = jax.random.randint(jax.random.fold_in(key, 1), (validation_batch_size,), 0, size)
+    return loss_fn(state.params, jax.tree.map(lambda a: a[idx], validation_batch))
+
+  # The validation loss is read off the new state: rtrl and uoro then differentiate it by
+  # one reverse pass instead of one tangent per hyperparameter (see UnrolledSystem.meta_loss).
+  return metaopt.UnrolledSystem(init, step, horizon,
+                                validation_loss if meta_loss == "validation" else None)
 
 
 def _check_schedule(name: str, schedule: Schedule) -> None:

@@ -29,6 +29,13 @@ class UnrolledSystem(NamedTuple):
       particles) get the same key.
     horizon: number of inner steps after which the inner problem restarts
       from ``init``.
+    meta_loss: optional ``meta_loss(new_state, theta, key) -> loss`` for a
+      step whose loss is read off the state it returns (a validation loss
+      after the update): ``step`` must then return exactly
+      ``meta_loss(new_state, theta, key)``. It changes cost, not results:
+      the forward-mode estimators (``rtrl``, ``uoro``) differentiate the loss
+      by one reverse pass per step instead of one tangent per direction.
+      :func:`~metaopt.optax_system` sets it for its validation meta-loss.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -40,6 +47,7 @@ class UnrolledSystem(NamedTuple):
   init: Callable[[jax.Array, PyTree], PyTree]
   step: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, jax.Array]]
   horizon: int
+  meta_loss: Callable[[PyTree, PyTree, jax.Array], jax.Array] | None = None
 
 
 class Estimator(NamedTuple):
@@ -156,6 +164,9 @@ def check_system(system: Any) -> int:
           and hasattr(system, "horizon")):
     raise ValueError("system must be a metaopt.UnrolledSystem(init, step, horizon), got "
                      f"{describe(system)}")
+  meta_loss = getattr(system, "meta_loss", None)
+  if meta_loss is not None and not callable(meta_loss):
+    raise ValueError(f"system.meta_loss must be a function or None, got {describe(meta_loss)}")
   return check_horizon(system)
 
 
@@ -265,6 +276,13 @@ def check_system_shapes(system: UnrolledSystem, key: jax.Array, theta: PyTree) -
       raise ValueError(
           f"system.step changes state{jax.tree_util.keystr(path)} from "
           f"{a.shape} {a.dtype} to {b.shape} {b.dtype}")
+  meta_loss = getattr(system, "meta_loss", None)
+  if meta_loss is not None:
+    read = _eval_on_theta("system.meta_loss(state, theta, key)", meta_loss, new_state, theta,
+                          step_key)
+    if getattr(read, "shape", None) != () or not jnp.issubdtype(read.dtype, jnp.floating):
+      raise ValueError("system.meta_loss must return a float scalar loss, got "
+                       f"{describe(read)}")
 
 
 def _eval_on_theta(call: str, f: Callable, *args) -> Any:
@@ -363,6 +381,27 @@ def flat_step(system: UnrolledSystem, split: StateSplit, unravel: Callable,
     return (new_floats, loss), new_others
 
   return f
+
+
+def flat_transition(system: UnrolledSystem, split: StateSplit, unravel: Callable,
+                    others: list[jax.Array], key: jax.Array) -> tuple[Callable, Callable]:
+  """For a system with ``meta_loss``: ``step`` split into its transition and its loss.
+
+  Returns ``(transition, loss)``: ``transition(floats, theta_vec) -> (new
+  float leaves, new other leaves)`` (step's own loss unused, so XLA drops it)
+  and ``loss(new_others)`` -> ``f(new floats, theta_vec) -> loss``.
+  """
+  step = flat_step(system, split, unravel, others, key)
+
+  def transition(floats, theta_vec):
+    (new_floats, _), new_others = step(floats, theta_vec)
+    return new_floats, new_others
+
+  def loss(new_others):
+    return lambda new_floats, theta_vec: system.meta_loss(
+        split.merge(new_floats, new_others), unravel(theta_vec), key)
+
+  return transition, loss
 
 
 def flat_init(system: UnrolledSystem, theta: PyTree, init_key: jax.Array

@@ -27,7 +27,8 @@ class TBPTTState(NamedTuple):
   theta_spec: base.PyTree
 
 
-def tbptt(system: base.UnrolledSystem, *, num_steps: int, remat: bool = False) -> base.Estimator:
+def tbptt(system: base.UnrolledSystem, *, num_steps: int, remat: bool = False,
+          unroll: int | bool = 1) -> base.Estimator:
   """Truncated backpropagation through time over windows of ``num_steps`` steps.
 
   Each window's gradient is reverse-mode ``jax.grad`` of the window's summed
@@ -45,6 +46,13 @@ def tbptt(system: base.UnrolledSystem, *, num_steps: int, remat: bool = False) -
       kept; the backward pass recomputes one segment at a time. Memory grows
       like sqrt(num_steps) instead of num_steps, for about one more forward
       pass of compute.
+    unroll: steps per iteration of the window's ``lax.scan`` (``True``: the
+      whole window, straight-line code). Unrolling removes the loop's
+      per-step bookkeeping (stacking each step's residuals for the backward
+      pass, copying the carry) at the price of compile time: on the digits
+      MLP of 1M parameters (2-core CPU, ``num_steps=20``) ``unroll=True``
+      took the cost from 3.54 to 3.16 plain steps and the first call's
+      compile from 3.6 s to 10.3 s.
 
   Returns:
     An :class:`~metaopt.Estimator`. ``metrics["loss"]`` is the window's summed loss.
@@ -65,10 +73,14 @@ def tbptt(system: base.UnrolledSystem, *, num_steps: int, remat: bool = False) -
   """
   num_steps = window.check_num_steps(num_steps, base.check_system(system))
   remat = base.check_flag(remat, "remat")
+  if isinstance(unroll, bool):
+    unroll = num_steps if unroll else 1
+  unroll = base.check_count(unroll, "unroll")
 
   def window_loss(begin, theta, keys):
     segment = _segment_length(num_steps) if remat else num_steps
-    run = lambda s, ks: jax.lax.scan(lambda s, k: system.step(s, theta, k), s, ks)
+    run = lambda s, ks: jax.lax.scan(lambda s, k: system.step(s, theta, k), s, ks,
+                                     unroll=min(unroll, len(ks)))
     if segment == num_steps:
       final, losses = run(begin(theta), keys.steps)
     else:  # keep only segment boundaries; recompute a segment's inside when differentiating
@@ -92,7 +104,8 @@ def _segment_length(num_steps: int) -> int:
   return min(divisors, key=lambda d: abs(d - num_steps ** 0.5))
 
 
-def full_bptt(system: base.UnrolledSystem, *, remat: bool = False) -> base.Estimator:
+def full_bptt(system: base.UnrolledSystem, *, remat: bool = False,
+              unroll: int | bool = 1) -> base.Estimator:
   """Exact backpropagation through a whole horizon: the offline reference.
 
   One ``unroll`` call runs the whole horizon from ``system.init`` and returns
@@ -111,4 +124,4 @@ def full_bptt(system: base.UnrolledSystem, *, remat: bool = False) -> base.Estim
     >>> float(grad), float(metrics["loss"])  # loss 1 + 2 + 3 + 4 = 10 theta
     (10.0, 10.0)
   """
-  return tbptt(system, num_steps=base.check_system(system), remat=remat)
+  return tbptt(system, num_steps=base.check_system(system), remat=remat, unroll=unroll)

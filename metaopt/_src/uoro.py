@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from metaopt._src import base
@@ -48,9 +49,18 @@ class UOROState(NamedTuple):
 
 
 def _noise(key, like, rank, kind):
-  keys = jax.random.split(key, len(like))
+  """``rank`` noise samples shaped like the leaves ``like``, from ONE draw over all of them.
+
+  A draw per leaf would put one copy of the random-bits code per leaf into the
+  program (most of UORO's compile time on a many-leaf state).
+  """
+  sizes = [math.prod(x.shape) for x in like]
+  dtype = jnp.result_type(*[x.dtype for x in like]) if like else jnp.float32
   draw = _rademacher if kind == "rademacher" else jax.random.normal
-  return [draw(k, (rank,) + x.shape, x.dtype) for k, x in zip(keys, like)]
+  flat = draw(key, (rank, sum(sizes)), dtype)
+  offsets = np.cumsum([0] + sizes)
+  return [flat[:, a:b].reshape((rank,) + x.shape).astype(x.dtype)
+          for a, b, x in zip(offsets[:-1], offsets[1:], like)]
 
 
 def _rademacher(key, shape, dtype):
@@ -193,6 +203,8 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str | None = None,
 
   needs_loss_grad = rho == "one_step_variance" or shaping in ("diagonal", "online")
   over_ranks = _over_ranks if rank > 1 else _single_rank
+  # The loss gradient w.r.t. the incoming state (needs_loss_grad) needs the whole step.
+  readout = getattr(system, "meta_loss", None) is not None and not needs_loss_grad
   alpha_mode = {"variance": "optimal", "fixed": "fixed"}.get(rho, "ones")
 
   def diagonal_shape(energy, like):
@@ -258,11 +270,24 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str | None = None,
       inner, s_tilde, theta_tilde, shape_state, grad = carry
       step_key, noise_key, alpha = xs
       floats, others = split.split(inner)
-      f = base.flat_step(system, split, unravel, others, step_key)
-      (new_floats, loss), lin, new_others = jax.linearize(f, floats, theta_vec, has_aux=True)
       zeros_s = [jnp.zeros_like(x) for x in floats]
-      # Forward: (ds'/ds) s_tilde and dL/ds · s_tilde, one JVP per rank.
-      a1, dloss_s = over_ranks(lambda st: lin(st, jnp.zeros_like(theta_vec)))(s_tilde)
+      if readout:  # the transition's JVP and transpose; the loss by one reverse pass
+        transition, loss_at = base.flat_transition(system, split, unravel, others, step_key)
+        new_floats, lin_s, new_others = jax.linearize(transition, floats, theta_vec,
+                                                      has_aux=True)
+        lin = lambda ds, dth: (lin_s(ds, dth), None)
+        loss, pull = jax.vjp(loss_at(new_others), new_floats, theta_vec)
+        c_new, c_theta = pull(jnp.ones_like(loss))
+        # Forward: (ds'/ds) s_tilde, one JVP per rank; dL/ds · s_tilde = dL/ds' · that.
+        a1 = over_ranks(lambda st: lin_s(st, jnp.zeros_like(theta_vec)))(s_tilde)
+        dloss_s = jax.vmap(lambda a: sum(jnp.vdot(ci.astype(ai.dtype), ai)
+                                         for ci, ai in zip(c_new, a)))(a1)
+      else:
+        f = base.flat_step(system, split, unravel, others, step_key)
+        (new_floats, loss), lin, new_others = jax.linearize(f, floats, theta_vec, has_aux=True)
+        # Forward: (ds'/ds) s_tilde and dL/ds · s_tilde, one JVP per rank.
+        a1, dloss_s = over_ranks(lambda st: lin(st, jnp.zeros_like(theta_vec)))(s_tilde)
+      state_t = jax.linear_transpose(lambda dth: lin(zeros_s, dth)[0], theta_vec)
       # Backward, from the same linearisation: the loss gradient c = dL/ds and the direct
       # dL/dtheta in one transpose; u^T Q^-1 ds'/dtheta in another (per rank).
       # Each transpose sees only the output it needs: a zero cotangent on the other
@@ -271,10 +296,11 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str | None = None,
       if needs_loss_grad:
         c, dloss_theta = jax.linear_transpose(lambda ds, dth: lin(ds, dth)[1], floats,
                                               theta_vec)(jnp.ones_like(loss))
+      elif readout:  # dL/dtheta = dL/ds' ds'/dtheta + its direct term
+        c, dloss_theta = None, state_t(c_new)[0] + c_theta
       else:  # the theta-only transpose is cheaper
         c, (dloss_theta,) = None, jax.linear_transpose(
             lambda dth: lin(zeros_s, dth)[1], theta_vec)(jnp.ones_like(loss))
-      state_t = jax.linear_transpose(lambda dth: lin(zeros_s, dth)[0], theta_vec)
       q, q_inv = noise_shape(shape_state, floats)
       u = _noise(noise_key, new_floats, rank, noise)
       nu = jax.vmap(q)(u)

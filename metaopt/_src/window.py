@@ -85,7 +85,9 @@ def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
   horizon made with the theta passed to ``begin``, so an estimator that
   differentiates ``begin`` differentiates through ``system.init``); otherwise
   ``resume(fields)`` of the state (by default the fields themselves). Both
-  must return the same structure. A window never straddles a horizon:
+  must return the same structure. Under ``jax.vmap`` (the tuner's chains), a
+  horizon start is computed only in windows where some copy starts one
+  (:func:`any_copy`), not in every window. A window never straddles a horizon:
   ``num_steps`` must divide ``system.horizon``.
 
   ``init(key, theta)`` validates its arguments (plus ``check_theta``, if
@@ -181,8 +183,9 @@ def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
 
     def begin(th):
       previous = (fields,) if start_sees_previous else ()
-      return jax.lax.cond(fresh, lambda: start(th, keys, base.as_key(state.init_key), *previous),
-                          lambda: resume(fields))
+      restart = lambda: base.select_tree(
+          fresh, start(th, keys, base.as_key(state.init_key), *previous), resume(fields))
+      return jax.lax.cond(any_copy(fresh), restart, lambda: resume(fields))
 
     fields, grad, metrics = window(begin, theta, keys)
     count = state.count + num_steps
@@ -193,6 +196,29 @@ def windowed(system: base.UnrolledSystem, state_type: type, *, num_steps: int,
             grad, metrics)
 
   return base.Estimator(init, unroll)
+
+
+@jax.custom_batching.custom_vmap
+def any_copy(flag: jax.Array) -> jax.Array:
+  """``flag`` itself; under ``jax.vmap``, whether any copy's flag is set, unbatched.
+
+  A ``lax.cond`` on a batched predicate runs both branches for every copy
+  (vmap turns it into a select): ``lax.cond(any_copy(flag), ...)`` keeps a
+  real conditional, whose taken branch then selects per copy with ``flag``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from metaopt._src.window import any_copy
+    >>> jax.vmap(any_copy)(jnp.array([False, True, False]))  # one value, seen by every copy
+    Array([ True,  True,  True], dtype=bool)
+  """
+  return flag
+
+
+@any_copy.def_vmap
+def _any_copy_batched(axis_size, in_batched, flag):
+  del axis_size
+  return (jnp.any(flag) if in_batched[0] else flag), False
 
 
 def check_num_steps(num_steps: Any, horizon: int) -> int:
