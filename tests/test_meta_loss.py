@@ -16,7 +16,6 @@ FORWARD = {
     "uoro": lambda system: metaopt.uoro(system, num_steps=2),
     "uoro_rank4_gaussian": lambda system: metaopt.uoro(system, num_steps=2, rank=4,
                                                        noise="gaussian"),
-    "uoro_fixed": lambda system: metaopt.uoro(system, num_steps=2, rho="fixed"),
     # Needs dL/ds of the incoming state: takes the whole-step path even with meta_loss.
     "uoro_one_step_variance": lambda system: metaopt.uoro(system, num_steps=2,
                                                           rho="one_step_variance"),
@@ -29,8 +28,8 @@ def _problems():
           "digits_mlp": (digits.system, digits.theta)}
 
 
-@pytest.mark.parametrize("problem", ["optax_regression", "digits_mlp"])
-@pytest.mark.parametrize("name", sorted(FORWARD))
+@pytest.mark.parametrize("name, problem", [(n, "optax_regression") for n in sorted(FORWARD)]
+                         + [(n, "digits_mlp") for n in ("rtrl", "uoro", "uoro_rank4_gaussian")])
 def test_meta_loss_gives_the_same_estimate_on_the_same_keys(name, problem):
   system, theta = _problems()[problem]
   assert system.meta_loss is not None
