@@ -65,3 +65,34 @@ def test_bad_meta_loss_is_refused_in_one_line():
   vector = system._replace(meta_loss=lambda state, th, key: state[0])
   with pytest.raises(ValueError, match="system.meta_loss must return a float scalar loss"):
     metaopt.rtrl(vector, num_steps=2).init(jax.random.key(0), theta)
+
+
+def test_complex_state_keeps_the_exact_gradient():
+  """Complex leaves take the whole-step path (a real dot product would drop a conjugate)."""
+  def init(key, theta):
+    del key
+    return jnp.array([1.0 + 0.5j, -0.3 + 0.2j], jnp.complex64) * theta[0]
+
+  def step(z, theta, key):
+    del key
+    z = (0.8 + 0.1j) * z + theta[1]
+    return z, jnp.sum(jnp.abs(z) ** 2)
+
+  system = metaopt.UnrolledSystem(init, step, 4, lambda z, th, key: jnp.sum(jnp.abs(z) ** 2))
+  theta = jnp.array([0.7, 0.2])
+  got = metaopt.sum_window_grads(metaopt.rtrl(system, num_steps=2), theta, jax.random.key(0),
+                                 num_windows=2)
+  exact = metaopt.exact_grad(system, theta, jax.random.key(0), num_steps=2, num_windows=2)
+  chex.assert_trees_all_close(got, exact, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [0, 7])
+def test_rtrl_with_meta_loss_on_edge_sizes(size):
+  """No theta coordinates, or no float state and more tangents than run separately."""
+  system = metaopt.UnrolledSystem(
+      lambda key, th: jnp.int32(0),
+      lambda s, th, key: (s + 1, jnp.sum(th ** 2)), 4, lambda s, th, key: jnp.sum(th ** 2))
+  theta = jnp.ones((size,))
+  got = metaopt.sum_window_grads(metaopt.rtrl(system, num_steps=2), theta, jax.random.key(0),
+                                 num_windows=2)
+  np.testing.assert_allclose(got, 8.0 * theta)  # 4 steps of d(|theta|^2) = 2 theta

@@ -90,8 +90,11 @@ def rtrl(system: base.UnrolledSystem, *, num_steps: int,
     # every step (at 1M parameters, H = 2: 4.6 plain steps vmapped, 4.3 separate). Past
     # MAX_SEPARATE_TANGENTS the program would grow with H; spread over devices, they stay
     # vmapped.
-    separate = (theta_vec.size <= MAX_SEPARATE_TANGENTS
+    separate = (0 < theta_vec.size <= MAX_SEPARATE_TANGENTS
                 and not (spread_copies and sharding.spreads(theta_vec.size)))
+    # The one-reverse-pass loss derivative pairs cotangents with tangents as real dot
+    # products: complex state leaves keep the whole-step path.
+    one_pass = readout and not any(jnp.iscomplexobj(x) for x in split.split(inner)[0])
     shard = (lambda x: x) if separate else (
         lambda x: sharding.shard_leading(x, spread=spread_copies))
 
@@ -104,15 +107,21 @@ def rtrl(system: base.UnrolledSystem, *, num_steps: int,
     def body(carry, step_key):
       inner, influence, grad = carry
       floats, others = split.split(inner)
-      if readout:  # H tangents of the transition, one reverse pass of the loss
+      if one_pass:  # H tangents of the transition, one reverse pass of the loss
         transition, loss_at = base.flat_transition(system, split, unravel, others, step_key)
         floats, lin, others = jax.linearize(transition, floats, theta_vec, has_aux=True)
         influence = tangents(lin, influence)
         loss, pull = jax.vjp(loss_at(others), floats, theta_vec)
         c_state, c_theta = pull(jnp.ones_like(loss))
-        contract = lambda zh: sum(jnp.vdot(c.astype(z.dtype), z) for z, c in zip(zh, c_state))
-        dloss = c_theta + (jnp.stack([contract(zh) for zh in influence]) if separate
-                           else jax.vmap(contract)(influence)).astype(c_theta.dtype)
+        contract = lambda zh: sum(  # accumulated in theta's dtype, whatever the leaves'
+            (jnp.vdot(c.astype(z.dtype), z, preferred_element_type=c_theta.dtype)
+             for z, c in zip(zh, c_state)), jnp.zeros((), c_theta.dtype))
+        if not c_state:  # no float state: theta acts on the loss directly only
+          dloss = c_theta
+        elif separate:
+          dloss = c_theta + jnp.stack([contract(zh) for zh in influence])
+        else:
+          dloss = c_theta + jax.vmap(contract)(influence)
       else:
         f = base.flat_step(system, split, unravel, others, step_key)
         (floats, loss), lin, others = jax.linearize(f, floats, theta_vec, has_aux=True)

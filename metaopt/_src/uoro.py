@@ -270,8 +270,10 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str | None = None,
       inner, s_tilde, theta_tilde, shape_state, grad = carry
       step_key, noise_key, alpha = xs
       floats, others = split.split(inner)
+      # Real dot products pair the loss's cotangent with tangents: not for complex leaves.
+      one_pass = readout and not any(jnp.iscomplexobj(x) for x in floats)
       zeros_s = [jnp.zeros_like(x) for x in floats]
-      if readout:  # the transition's JVP and transpose; the loss by one reverse pass
+      if one_pass:  # the transition's JVP and transpose; the loss by one reverse pass
         transition, loss_at = base.flat_transition(system, split, unravel, others, step_key)
         new_floats, lin_s, new_others = jax.linearize(transition, floats, theta_vec,
                                                       has_aux=True)
@@ -280,8 +282,9 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str | None = None,
         c_new, c_theta = pull(jnp.ones_like(loss))
         # Forward: (ds'/ds) s_tilde, one JVP per rank; dL/ds · s_tilde = dL/ds' · that.
         a1 = over_ranks(lambda st: lin_s(st, jnp.zeros_like(theta_vec)))(s_tilde)
-        dloss_s = jax.vmap(lambda a: sum(jnp.vdot(ci.astype(ai.dtype), ai)
-                                         for ci, ai in zip(c_new, a)))(a1)
+        dloss_s = jax.vmap(lambda a: sum(
+            jnp.vdot(ci.astype(ai.dtype), ai, preferred_element_type=theta_vec.dtype)
+            for ci, ai in zip(c_new, a)))(a1)
       else:
         f = base.flat_step(system, split, unravel, others, step_key)
         (new_floats, loss), lin, new_others = jax.linearize(f, floats, theta_vec, has_aux=True)
@@ -296,7 +299,7 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str | None = None,
       if needs_loss_grad:
         c, dloss_theta = jax.linear_transpose(lambda ds, dth: lin(ds, dth)[1], floats,
                                               theta_vec)(jnp.ones_like(loss))
-      elif readout:  # dL/dtheta = dL/ds' ds'/dtheta + its direct term
+      elif one_pass:  # dL/dtheta = dL/ds' ds'/dtheta + its direct term
         c, dloss_theta = None, state_t(c_new)[0] + c_theta
       else:  # the theta-only transpose is cheaper
         c, (dloss_theta,) = None, jax.linear_transpose(
