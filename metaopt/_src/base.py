@@ -383,6 +383,17 @@ def flat_step(system: UnrolledSystem, split: StateSplit, unravel: Callable,
   return f
 
 
+def loss_by_one_pass(system: UnrolledSystem, floats: list[jax.Array]) -> bool:
+  """Whether a forward-mode estimator may take the loss's derivative by one reverse pass.
+
+  It may where the system has ``meta_loss`` and every float state leaf is
+  real: the estimators pair the loss's cotangent with tangents by real dot
+  products, which would drop a conjugate on complex leaves.
+  """
+  return (getattr(system, "meta_loss", None) is not None
+          and not any(jnp.iscomplexobj(x) for x in floats))
+
+
 def flat_transition(system: UnrolledSystem, split: StateSplit, unravel: Callable,
                     others: list[jax.Array], key: jax.Array) -> tuple[Callable, Callable]:
   """For a system with ``meta_loss``: ``step`` split into its transition and its loss.

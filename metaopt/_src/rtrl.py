@@ -72,7 +72,6 @@ def rtrl(system: base.UnrolledSystem, *, num_steps: int,
     True
   """
   spread_copies = base.check_flag(spread_copies, "spread_copies")
-  readout = getattr(system, "meta_loss", None) is not None
 
   def start(theta, keys, init_key):
     f, theta_vec, split = base.flat_init(system, theta, init_key)
@@ -92,9 +91,7 @@ def rtrl(system: base.UnrolledSystem, *, num_steps: int,
     # vmapped.
     separate = (0 < theta_vec.size <= MAX_SEPARATE_TANGENTS
                 and not (spread_copies and sharding.spreads(theta_vec.size)))
-    # The one-reverse-pass loss derivative pairs cotangents with tangents as real dot
-    # products: complex state leaves keep the whole-step path.
-    one_pass = readout and not any(jnp.iscomplexobj(x) for x in split.split(inner)[0])
+    one_pass = base.loss_by_one_pass(system, split.split(inner)[0])
     shard = (lambda x: x) if separate else (
         lambda x: sharding.shard_leading(x, spread=spread_copies))
 

@@ -203,8 +203,6 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str | None = None,
 
   needs_loss_grad = rho == "one_step_variance" or shaping in ("diagonal", "online")
   over_ranks = _over_ranks if rank > 1 else _single_rank
-  # The loss gradient w.r.t. the incoming state (needs_loss_grad) needs the whole step.
-  readout = getattr(system, "meta_loss", None) is not None and not needs_loss_grad
   alpha_mode = {"variance": "optimal", "fixed": "fixed"}.get(rho, "ones")
 
   def diagonal_shape(energy, like):
@@ -270,8 +268,8 @@ def uoro(system: base.UnrolledSystem, *, num_steps: int, rho: str | None = None,
       inner, s_tilde, theta_tilde, shape_state, grad = carry
       step_key, noise_key, alpha = xs
       floats, others = split.split(inner)
-      # Real dot products pair the loss's cotangent with tangents: not for complex leaves.
-      one_pass = readout and not any(jnp.iscomplexobj(x) for x in floats)
+      # The loss gradient w.r.t. the incoming state (needs_loss_grad) needs the whole step.
+      one_pass = not needs_loss_grad and base.loss_by_one_pass(system, floats)
       zeros_s = [jnp.zeros_like(x) for x in floats]
       if one_pass:  # the transition's JVP and transpose; the loss by one reverse pass
         transition, loss_at = base.flat_transition(system, split, unravel, others, step_key)
