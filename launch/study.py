@@ -108,8 +108,22 @@ _MAX_UPDATE = flags.DEFINE_float("max_update", None, "Online: bound on each coor
                                  "theta's change per outer step (default: metaopt's).")
 _WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", None, "Online: outer steps of meta "
                                      "learning-rate warm-up (default: metaopt's).")
-_ROLLBACK = flags.DEFINE_float("rollback_factor", 1.5, "Online: set theta back to the best "
-                               "horizon's after a horizon this many times worse (0: never).")
+_ROLLBACK = flags.DEFINE_float("rollback_factor", 1.5, "Online, with --validate_runs=0 only: set "
+                               "theta back to the best horizon's after a horizon this many "
+                               "times worse (0: never).")
+_VALIDATE_RUNS = flags.DEFINE_float(
+    "validate_runs", 1.0, "Online: runs of tuning between validations of theta (one fresh "
+    "training run each, counted in the budget; the initial theta is validated first); the "
+    "method reports its best validated model. 0: no validation (theta after b - 1 runs, "
+    "retrained).")
+_SIGNIFICANCE = flags.DEFINE_float(
+    "significance", None, "Online: standard errors of the paired validation difference a theta "
+    "must win by to become the best, or lose by to be sent back (default: metaopt's).")
+_TRUST_RADIUS = flags.DEFINE_float(
+    "trust_radius", None, "Online: every coordinate of theta stays within this of the best "
+    "validated theta (times the step's shrink; default: metaopt's; 0: no trust region).")
+_SINGLE_META_LR = flags.DEFINE_float("single_meta_lr", None, "The single-run mode's own meta "
+                                     "learning rate (default: --meta_lr).")
 _DECAY_STEPS = flags.DEFINE_integer("decay_steps", None, "Online: time scale of the meta learning "
                                     "rate's 1/sqrt decay, 0: constant (default: metaopt's).")
 _SEARCH_WIDTH = flags.DEFINE_float("search_width", 3.0,
@@ -270,9 +284,12 @@ def _check_tuning(problem):
       raise app.UsageError(f"--{flag.name} must be >= 1, got {flag.value}")
   for flag in (_TUNE_SIGMA, _SEARCH_WIDTH):
     _positive(flag)
-  for flag in (_META_LR, _MAX_GRAD_NORM, _MAX_UPDATE):
+  for flag in (_META_LR, _MAX_GRAD_NORM, _MAX_UPDATE, _SINGLE_META_LR):
     if flag.value is not None:
       _positive(flag)
+  for flag in (_VALIDATE_RUNS, _SIGNIFICANCE, _TRUST_RADIUS):
+    if flag.value is not None and not (flag.value >= 0 and flag.value < float("inf")):
+      raise app.UsageError(f"--{flag.name} must be a finite number >= 0, got {flag.value}")
   if not (_ROLLBACK.value == 0 or _ROLLBACK.value >= 1):  # NaN fails both
     raise app.UsageError(f"--rollback_factor must be 0 (never) or >= 1, got {_ROLLBACK.value}")
   for flag in (_WARMUP_STEPS, _DECAY_STEPS):
@@ -388,7 +405,10 @@ def build_context():
         metaopt.DEFAULT_MAX_UPDATE if _MAX_UPDATE.value is None else _MAX_UPDATE.value,
         metaopt.DEFAULT_WARMUP_STEPS if _WARMUP_STEPS.value is None else _WARMUP_STEPS.value,
         metaopt.DEFAULT_DECAY_STEPS if _DECAY_STEPS.value is None else _DECAY_STEPS.value or None,
-        _ROLLBACK.value or None)
+        _ROLLBACK.value or None, _VALIDATE_RUNS.value,
+        metaopt.DEFAULT_SIGNIFICANCE if _SIGNIFICANCE.value is None else _SIGNIFICANCE.value,
+        0.5, _SINGLE_META_LR.value,
+        metaopt.DEFAULT_TRUST_RADIUS if _TRUST_RADIUS.value is None else _TRUST_RADIUS.value or None)
   return ctx, name, output_dir
 
 

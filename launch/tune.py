@@ -55,8 +55,18 @@ _MAX_UPDATE = flags.DEFINE_float(
 _WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", metaopt.DEFAULT_WARMUP_STEPS,
                                      "Outer steps of linear meta learning-rate warm-up.")
 _ROLLBACK = flags.DEFINE_float(
-    "rollback_factor", 1.5, "After a horizon whose mean loss exceeds this multiple of the best "
-    "horizon's, set theta back to the best horizon's (0: never).")
+    "rollback_factor", 1.5, "With --validate_every=0 only: after a horizon whose mean loss "
+    "exceeds this multiple of the best horizon's, set theta back to the best horizon's (0: never).")
+_VALIDATE_EVERY = flags.DEFINE_integer(
+    "validate_every", None, "Outer steps between validations of theta (one fresh training run "
+    "at fixed theta; default: one horizon; 0: no validation). The tuned theta is the best "
+    "validated one; a theta worse than it by more than the noise is sent back to it.")
+_TRUST_RADIUS = flags.DEFINE_float(
+    "trust_radius", metaopt.DEFAULT_TRUST_RADIUS, "Every coordinate of theta (log / logit units) "
+    "stays within this of the best validated theta, times the step's shrink (0: none).")
+_SIGNIFICANCE = flags.DEFINE_float(
+    "significance", metaopt.DEFAULT_SIGNIFICANCE, "Standard errors of the paired validation "
+    "difference a theta must win by to become the best, or lose by to be sent back.")
 _DECAY_STEPS = flags.DEFINE_integer(
     "decay_steps", metaopt.DEFAULT_DECAY_STEPS, "Time scale (outer steps) of the meta learning "
     "rate's 1/sqrt(1 + t/decay_steps) decay (0: constant).")
@@ -99,13 +109,17 @@ def validate_flags():
   for flag in (_NUM_STEPS, _NUM_CHAINS, _OUTER_STEPS, _CHECKPOINT_EVERY):
     if flag.value is not None and flag.value < 1:
       raise app.UsageError(f"--{flag.name} must be >= 1, got {flag.value}")
-  for flag in (_LOG_EVERY, _IMAGE_EVERY, _MAX_SKIPPED, _WARMUP_STEPS, _DECAY_STEPS):
-    if flag.value < 0:
+  for flag in (_LOG_EVERY, _IMAGE_EVERY, _MAX_SKIPPED, _WARMUP_STEPS, _DECAY_STEPS,
+               _VALIDATE_EVERY):
+    if flag.value is not None and flag.value < 0:
       raise app.UsageError(f"--{flag.name} must be >= 0, got {flag.value}")
   if _MAX_UPDATE.value is not None and not (math.isfinite(_MAX_UPDATE.value)
                                             and _MAX_UPDATE.value >= 0):
     raise app.UsageError(f"--max_update must be a finite number >= 0 (0: no bound), got "
                          f"{_MAX_UPDATE.value}")
+  for flag in (_SIGNIFICANCE, _TRUST_RADIUS):
+    if not (math.isfinite(flag.value) and flag.value >= 0):
+      raise app.UsageError(f"--{flag.name} must be a finite number >= 0, got {flag.value}")
   if not (_ROLLBACK.value == 0 or _ROLLBACK.value >= 1):
     raise app.UsageError(f"--rollback_factor must be 0 (never) or >= 1, got {_ROLLBACK.value}")
   for flag in (_META_LR, _MAX_GRAD_NORM):
@@ -161,6 +175,9 @@ def main(argv):
         max_grad_norm=_MAX_GRAD_NORM.value, max_update=_MAX_UPDATE.value or None,
         warmup_steps=_WARMUP_STEPS.value, decay_steps=_DECAY_STEPS.value or None,
         rollback_factor=_ROLLBACK.value or None, mode=_MODE.value, outer_steps=_OUTER_STEPS.value,
+        validation=_VALIDATE_EVERY.value != 0 and unrolled.validation(
+            problem, every=_VALIDATE_EVERY.value or None, seed=(_SEED.value + 1) % 2**32,
+            significance=_SIGNIFICANCE.value, radius=_TRUST_RADIUS.value or None),
         num_chains=_NUM_CHAINS.value, seed=_SEED.value, logdir=logdir,
         checkpoint_every=_CHECKPOINT_EVERY.value, log_every=_LOG_EVERY.value,
         image_every=_IMAGE_EVERY.value, max_skipped=_MAX_SKIPPED.value,

@@ -87,6 +87,10 @@ from metaopt._src.tune import TuningStopped
 from metaopt._src.tuner import Tuner
 from metaopt._src.tuner import tuner
 from metaopt._src.tuner import TunerState
+from metaopt._src.tuner import DEFAULT_SIGNIFICANCE
+from metaopt._src.tuner import DEFAULT_TRUST_RADIUS
+from metaopt._src.tuner import Validation
+from metaopt._src.tuner import validation
 from metaopt._src.uoro import uoro
 from metaopt._src.uoro import UOROState
 from metaopt._src.uoro_preactivation import uoro_preactivation
@@ -141,6 +145,8 @@ __all__ = (
     "DEFAULT_MAX_UPDATE",
     "DEFAULT_META_LR",
     "DEFAULT_WARMUP_STEPS",
+    "DEFAULT_SIGNIFICANCE",
+    "DEFAULT_TRUST_RADIUS",
     "one_inner_state",
     "MODES",
     "nres",
@@ -175,6 +181,8 @@ __all__ = (
     "Tuner",
     "tuner",
     "TunerState",
+    "Validation",
+    "validation",
     "TuneResult",
     "TuningStopped",
     "UnrolledSystem",

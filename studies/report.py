@@ -275,10 +275,12 @@ def tuning_rows(study):
   """{(method label, budget in runs): [METRICS dict per seed]} of a tuning study's trials, and
   {method: number of diverged seeds} for the online methods.
 
-  ``online:<e>`` rows are the restarts mode at each budget; ``single:<e> own`` and
-  ``single:<e> retrain`` the single-run mode (the first horizon of the same run) at its own
-  cost (``copies`` and ``copies + 1`` runs).
+  ``online:<e>`` rows are the restarts mode's reported (best validated) model at each budget,
+  ``current:<e>`` the tuner's current theta retrained at the same budget (a diagnostic);
+  ``single:<e> own`` and ``single:<e> retrain`` the single-run mode at its own cost
+  (``copies`` and ``copies + 1`` runs).
   """
+  from studies import tuning  # pylint: disable=g-import-not-at-top
   rows, diverged = {}, {}
   for t in complete_trials(study):
     method = t.params["method"]
@@ -286,15 +288,22 @@ def tuning_rows(study):
       if out is not None:
         rows.setdefault((method, int(budget)), []).append(out)
     if method.startswith("online:"):
-      single = "single:" + method.split(":", 1)[1]
+      name = method.split(":", 1)[1]
+      run = t.user_attrs["run_steps"]
+      current = t.user_attrs.get("current_curve")
+      for budget in t.user_attrs.get("at_budget", {}) if current else ():
+        # The current theta retrained, at the last diagnostic point within the budget.
+        within = [c for c in current if c[0] <= int(budget) * run]
+        if within:
+          rows.setdefault((f"current:{name}", int(budget)), []).append(
+              dict(zip(tuning.METRICS, within[-1][1:])))
       for kind in ("own", "retrain"):
         out = t.user_attrs.get(f"single_{kind}")
         if out is not None:
-          rows.setdefault((f"{single} {kind}", int(out["runs"])), []).append(out)
-      # From the curve (validation loss of each retrained theta), so the criterion of
-      # studies.tuning applies to studies recorded before it changed.
-      from studies import tuning  # pylint: disable=g-import-not-at-top
-      curve = t.user_attrs["curve"]
+          rows.setdefault((f"single:{name} {kind}", int(out["runs"])), []).append(out)
+      # From the current-theta curve (the retrained validation loss of the theta the tuner
+      # holds), so the criterion of studies.tuning applies to studies recorded before it changed.
+      curve = current or t.user_attrs["curve"]
       failed = tuning.diverged(curve[0][1], [c[1] for c in curve],
                                t.user_attrs.get("num_skipped", 0))
       diverged[method] = diverged.get(method, 0) + int(failed)
@@ -302,9 +311,10 @@ def tuning_rows(study):
 
 
 def tuning_summary(study):
-  """Medians and quartiles of the final models' test metrics per (method, budget), the goals."""
+  """Medians and quartiles of the final models' test metrics per (method, budget), the goals'
+  inputs: diverged runs and online curves that end above their start."""
   rows, diverged = tuning_rows(study)
-  out = {"rows": [], "diverged": diverged}
+  out = {"rows": [], "diverged": diverged, "ends_above_start": {}}
   for (method, budget), outs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     entry = {"method": method, "budget_runs": budget, "seeds": len(outs)}
     for k in ("test_loss", "test_accuracy", "validation_loss"):
@@ -312,6 +322,13 @@ def tuning_summary(study):
       entry[k] = {"median": float(np.median(v)), "q25": float(np.percentile(v, 25)),
                   "q75": float(np.percentile(v, 75))}
     out["rows"].append(entry)
+  for t in complete_trials(study):
+    method = t.params["method"]
+    at = t.user_attrs.get("at_budget", {})
+    if method.startswith("online:") and at:
+      first, end = at[min(at, key=int)], at[max(at, key=int)]
+      above = int(end["test_loss"] > first["test_loss"])
+      out["ends_above_start"][method] = out["ends_above_start"].get(method, 0) + above
   return out
 
 
@@ -320,26 +337,40 @@ def tuning_goals(summary):
   by = {(r["method"], r["budget_runs"]): r["test_loss"]["median"] for r in summary["rows"]}
   lines = []
   budgets = sorted({b for m, b in by if m == "tpe"})
-  for b in [b for b in budgets if b <= 10]:
-    tpe = by[("tpe", b)]
-    # Single-run rows count at their own cost: usable at any budget at least as large.
-    cands = {m: v for (m, bb), v in by.items() if m.startswith("online:") and bb == b}
-    cands.update({m: v for (m, bb), v in by.items() if m.startswith("single:") and bb <= b})
-    if cands:
-      best = min(cands, key=cands.get)
-      lines.append(f"- budget {b} runs: best online {best} median test loss {cands[best]:.4f} "
-                   f"vs TPE {tpe:.4f}: {'MET' if cands[best] < tpe else 'NOT met'} "
-                   f"(difference {cands[best] - tpe:+.4f})")
-  if ("tpe", 10) in by:
-    singles = {m: v for (m, bb), v in by.items() if m.startswith("single:") and bb <= 2}
-    if singles:
-      best = min(singles, key=singles.get)
-      lines.append(f"- one single run (<= 2 runs) {best} median test loss {singles[best]:.4f} vs "
-                   f"TPE at 10 runs {by[('tpe', 10)]:.4f}: "
-                   f"{'MET' if singles[best] <= by[('tpe', 10)] else 'NOT met'}")
+  online = lambda b: {m: v for (m, bb), v in by.items() if m.startswith("online:") and bb == b}
+  if 1 in budgets:
+    starts = {m: by[(m, 1)] for m in sorted({m for m, _ in by}) if (m, 1) in by
+              and not m.startswith(("single:", "current:", "grid"))}
+    tie = max(starts.values()) - min(starts.values()) <= 1e-4 * abs(min(starts.values()))
+    lines.append(f"- budget 1 run: every method's model is theta0's (median test loss "
+                 f"{min(starts.values()):.4f}): {'MET' if tie else 'NOT met'}"
+                 + ("" if tie else f" ({starts})"))
+  for b in [b for b in budgets if b in (3, 10)]:
+    cands = online(b)
+    if not cands:
+      continue
+    best = min(cands, key=cands.get)
+    rivals = {m: by[(m, b)] for m in ("tpe", "cmaes") if (m, b) in by}
+    met = all(cands[best] <= v for v in rivals.values())
+    lines.append(f"- budget {b} runs: best online {best} median test loss {cands[best]:.4f} vs "
+                 + ", ".join(f"{m.upper() if m == 'tpe' else 'CMA-ES'} {v:.4f}"
+                             for m, v in rivals.items())
+                 + f": {'MET' if met else 'NOT met'}")
   total = sum(summary["diverged"].values())
   lines.append(f"- divergence: {total} diverged (method, seed) runs of online methods "
                f"{summary['diverged']}: {'MET' if total == 0 else 'NOT met'}")
+  above = sum(summary.get("ends_above_start", {}).values())
+  lines.append(f"- reported curves ending above their value at 1 run (theta0), (method, seed) "
+               f"runs: {above} {summary.get('ends_above_start', {})}: "
+               f"{'MET' if above == 0 else 'NOT met'}")
+  if ("tpe", 10) in by:
+    singles = {m: v for (m, bb), v in by.items() if m.startswith("single:") and m.endswith(" own")
+               and bb <= 2}
+    if singles:
+      best = min(singles, key=singles.get)
+      lines.append(f"- one single run's own model (<= 2 runs) {best} median test loss "
+                   f"{singles[best]:.4f} vs TPE at 10 runs {by[('tpe', 10)]:.4f}: "
+                   f"{'MET' if singles[best] <= by[('tpe', 10)] else 'NOT met'}")
   return lines
 
 
@@ -348,18 +379,32 @@ def tuning_figures(study, folder):
   trials = complete_trials(study)
   if not trials:
     return []
-  fig, ax = plt.subplots(figsize=(8, 5))
-  by_method = {}
+  fig, ax = plt.subplots(figsize=(10.5, 5.5))
+  by_method, current = {}, {}
   for t in trials:
     curve = np.asarray(t.user_attrs["curve"], np.float64)
-    if t.params["method"].startswith("online:"):  # each point's model costs one run more
-      curve[:, 0] += t.user_attrs.get("run_steps", 0)
-    by_method.setdefault(t.params["method"], []).append(curve)
+    method = t.params["method"]
+    if method.startswith("online:") and "current_curve" not in t.user_attrs:
+      curve[:, 0] += t.user_attrs.get("run_steps", 0)  # older protocol: one retrain more
+    if "current_curve" in t.user_attrs:
+      current.setdefault(method, []).append(np.asarray(t.user_attrs["current_curve"], np.float64))
+    by_method.setdefault(method, []).append(curve)
   run = max([t.user_attrs.get("run_steps", 1) for t in trials] + [1])
   # The largest budget: an online run's single-run evaluation may lie beyond it (8 runs for 8
   # particles); its curve is drawn up to the budget, the single run as a star.
   largest = max(int(b) for t in trials for b in t.user_attrs.get("at_budget", {"1": None}))
   colors = {m: f"C{i % 10}" for i, m in enumerate(sorted(by_method))}
+
+  def steps_curve(curves, **style):
+    grid = np.geomspace(run, max(max(c[-1, 0] for c in curves), run * 1.0001), 60)
+    # Step interpolation: the model in force after each amount of compute (NaN before the first).
+    def at(c):
+      idx = np.searchsorted(c[:, 0], grid, side="right") - 1
+      return np.where(idx >= 0, c[np.maximum(idx, 0), 2], np.nan)
+    ys = np.array([at(c) for c in curves])
+    ax.plot(grid / run, np.nanmedian(ys, 0), **style)
+    return grid, ys
+
   for method, curves in sorted(by_method.items()):
     color = "black" if method == "grid" else colors[method]
     curves = [c[c[:, 0] <= largest * run] for c in curves]
@@ -370,15 +415,12 @@ def tuning_figures(study, folder):
                                                 np.percentile(ys, 75, 0) - np.median(ys, 0)],
                   fmt="s--", color=color, label=f"{method} ({len(ys)} seeds)", capsize=3)
       continue
-    grid = np.geomspace(run, max(c[-1, 0] for c in curves), 60)
-    # Step interpolation: the model in force after each amount of compute (NaN before the first).
-    def at(c):
-      idx = np.searchsorted(c[:, 0], grid, side="right") - 1
-      return np.where(idx >= 0, c[np.maximum(idx, 0), 2], np.nan)
-    ys = np.array([at(c) for c in curves])
-    ax.plot(grid / run, np.nanmedian(ys, 0), label=f"{method} ({len(curves)} seeds)", color=color)
+    grid, ys = steps_curve(curves, label=f"{method} ({len(curves)} seeds)", color=color)
     ax.fill_between(grid / run, np.nanpercentile(ys, 25, 0), np.nanpercentile(ys, 75, 0),
                     alpha=0.15, color=color)
+    if method in current:  # the tuner's current theta, retrained: a diagnostic
+      steps_curve([c[c[:, 0] <= largest * run] for c in current[method]], color=color,
+                  linestyle=":", linewidth=1, label=f"{method}, current theta (diagnostic)")
   rows, _ = tuning_rows(study)
   for (method, budget), outs in sorted(rows.items()):
     if method.startswith("single:") and method.endswith(" own"):
@@ -389,10 +431,11 @@ def tuning_figures(study, folder):
   ax.set_xscale("log")
   ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
   return [_save(fig, ax, os.path.join(folder, "tuning_curves.png"),
-                "training runs' worth of inner steps spent (every particle counted)",
+                "training runs' worth of inner steps spent (every particle and validation run "
+                "counted)",
                 "held-out test loss of the final model",
-                "online tuning, black-box search and the practitioner's grid\n"
-                "(median and interquartile range over seeds)")]
+                "each method's best validated model so far (median and IQR over seeds)\n"
+                "dotted: the online tuner's current theta, retrained (a diagnostic)")]
 
 
 def tensorboard_sessions(study, folder, metrics):
@@ -448,16 +491,26 @@ def tuning_table(study):
   budgets = sorted({r["budget_runs"] for r in summary["rows"] if not r["method"].startswith(
       "single:")})
   by = {(r["method"], r["budget_runs"]): r for r in summary["rows"]}
-  methods = sorted({m for m, _ in by if not m.startswith("single:")})
+  methods = sorted({m for m, _ in by if not m.startswith(("single:", "current:"))})
   cell = lambda r, k: (f"{r[k]['median']:.3f} [{r[k]['q25']:.3f}, {r[k]['q75']:.3f}]"
                        if r else "")
-  lines = ["Held-out test loss of the final model, median [25%, 75%] over seeds, by budget "
-           "(training runs of inner steps, every particle counted):", "",
+  lines = ["Held-out test loss of each method's best model so far (chosen by validation loss; "
+           "theta0 first), median [25%, 75%] over seeds, by budget (training runs of inner "
+           "steps, every particle and every validation run counted):", "",
            "| method | " + " | ".join(f"{b} runs" for b in budgets) + " |",
            "|---|" + "---|" * len(budgets)]
   for m in methods:
     lines.append(f"| {m} | " + " | ".join(cell(by.get((m, b)), "test_loss") for b in budgets)
                  + " |")
+  current = sorted({m for m, _ in by if m.startswith("current:")})
+  if current:
+    lines += ["", "Diagnostic: the online tuner's current theta, retrained (not counted in the "
+              "budget; what the tuner would hand on without its best-so-far):", "",
+              "| tuner | " + " | ".join(f"{b} runs" for b in budgets) + " |",
+              "|---|" + "---|" * len(budgets)]
+    for m in current:
+      lines.append(f"| {m} | " + " | ".join(cell(by.get((m, b)), "test_loss")
+                                            for b in budgets) + " |")
   lines += ["", "Single-run mode (tuned during ONE training run; at its own cost):", "",
             "| method | runs | seeds | test loss | test accuracy |", "|---|---|---|---|---|"]
   for r in summary["rows"]:

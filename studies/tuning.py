@@ -48,6 +48,8 @@ METRICS = ("validation_loss", "test_loss", "test_accuracy")
 # is not finite) at any evaluation point, or any non-finite outer step, counts as a divergence.
 # 1.5: on MNIST-1D a dead network (chance, 2.30) is 1.6 x the untuned 1.45.
 DIVERGENCE_FACTOR = 1.5
+# The fixed keys of every evaluation (and of the online tuner's validation runs): seed + this.
+EVAL_SEED = 10_000
 
 
 class Context(NamedTuple):
@@ -70,7 +72,12 @@ class Context(NamedTuple):
   max_update: float | None = metaopt.DEFAULT_MAX_UPDATE
   warmup_steps: int = metaopt.DEFAULT_WARMUP_STEPS
   decay_steps: int | None = metaopt.DEFAULT_DECAY_STEPS
-  rollback_factor: float | None = 1.5  # metaopt.tune's default; None: no rollback
+  rollback_factor: float | None = 1.5  # the horizon rollback, used without validation only
+  validate_runs: float = 1.0  # runs of tuning between validations of theta (0: none)
+  significance: float = metaopt.DEFAULT_SIGNIFICANCE  # metaopt.Validation's paired test
+  shrink: float = 0.5  # metaopt.Validation's step-size factor after a rejection
+  single_meta_lr: float | None = None  # the single run's own meta rate (None: meta_lr)
+  trust_radius: float | None = metaopt.DEFAULT_TRUST_RADIUS  # metaopt.Validation's radius
 
 
 def make_problem(ctx, **extra):
@@ -99,7 +106,7 @@ def _floats(tree):
 
 def evaluator(problem, seed):
   """theta -> METRICS after one fresh training run on fixed keys (jit-compiled once)."""
-  key = jax.random.key(10_000 + seed)
+  key = jax.random.key(EVAL_SEED + seed)
   keys = jax.random.split(key, problem.system.horizon)
 
   @jax.jit
@@ -117,64 +124,147 @@ def diverged(untuned_loss, losses, num_skipped):
   return bool(num_skipped > 0 or any(not math.isfinite(v) or v > limit for v in losses))
 
 
-def run_online(ctx, problem, estimator, seed):
-  """Restarts and single-run modes of one online tuning run.
+def validation_score(problem):
+  """What an online tuner validates theta by: the final model's per-example validation losses
+  (the paired test of metaopt.Validation) where the problem has them, else its validation loss."""
+  if problem.validation_losses is not None:
+    return lambda final, losses: problem.validation_losses(final)
+  return lambda final, losses: scores(problem, final, losses)["validation_loss"]
 
-  Returns:
-    (curve, theta, extra): ``curve`` rows (inner steps spent, validation loss,
-    test loss, test accuracy) of fresh retrains along the run; ``extra`` holds
-    ``at_budget`` ({runs: METRICS}), ``single_own`` and ``single_retrain`` (each
-    METRICS plus ``runs``), ``num_skipped`` and ``diverged``.
+
+def budget_steps(ctx, horizon, per_outer, every, budget):
+  """Outer steps an online run may take within ``budget`` runs: with validation, the last
+  validation point whose tuning and validation runs (the initial theta's first) fit."""
+  if every is None:  # the b-th run retrains the theta of (b - 1) runs of tuning
+    return (budget - 1) * horizon // per_outer
+  j = max(0, (budget - 1) * horizon // (every * per_outer + horizon))
+  return j * every
+
+
+def spent_steps(horizon, per_outer, every, m):
+  """Inner steps an online run has spent after ``m`` outer steps, validation runs included."""
+  if every is None:
+    return m * per_outer + horizon
+  return m * per_outer + (1 + m // every) * horizon
+
+
+def make_tuner(ctx, problem, estimator, seed):
+  """The online tuner of the study: the estimator, metaopt's meta-optimiser and the drift guard
+  (validation of theta every ``validate_runs`` runs of tuning, on the evaluator's keys).
+
+  Returns (tuner, outer steps between validations or None, inner steps per outer step).
   """
   est = metaopt.get_estimator(estimator, problem.system, num_steps=ctx.num_steps,
                               num_particles=ctx.num_particles, sigma=ctx.sigma)
   horizon = problem.system.horizon
   window = metaopt.window_length(estimator, problem.system, ctx.num_steps)
-  copies = metaopt.copies_per_step(estimator, ctx.num_particles)
-  per_outer = window * copies
-  t = metaopt.tuner(
-      est, metaopt.meta_optimizer(
-          ctx.meta_optimizer, ctx.meta_lr, max_grad_norm=ctx.max_grad_norm,
-          max_update=ctx.max_update, warmup_steps=ctx.warmup_steps, decay_steps=ctx.decay_steps),
-      horizon_windows=None if ctx.rollback_factor is None else horizon // window,
-      rollback_factor=ctx.rollback_factor or 1.5)
-  state = t.init(jax.random.key(seed), problem.theta)
+  per_outer = window * metaopt.copies_per_step(estimator, ctx.num_particles)
+  opt = metaopt.meta_optimizer(
+      ctx.meta_optimizer, ctx.meta_lr, max_grad_norm=ctx.max_grad_norm,
+      max_update=ctx.max_update, warmup_steps=ctx.warmup_steps, decay_steps=ctx.decay_steps)
+  every = None
+  if ctx.validate_runs:
+    every = max(1, round(ctx.validate_runs * horizon / per_outer))
+    check = metaopt.validation(problem.system, every=every, seed=EVAL_SEED + seed,
+                               score=validation_score(problem), significance=ctx.significance,
+                               shrink=ctx.shrink, radius=ctx.trust_radius)
+    return metaopt.tuner(est, opt, validation=check), every, per_outer
+  t = metaopt.tuner(est, opt,
+                    horizon_windows=None if ctx.rollback_factor is None else horizon // window,
+                    rollback_factor=ctx.rollback_factor or 1.5)
+  return t, every, per_outer
+
+
+def run_single(ctx, problem, estimator, seed):
+  """The single-run mode: theta tuned online during ONE training run (no validation, the run's
+  own meta rate), its own final model and a retrain with its final theta."""
+  meta_lr = ctx.single_meta_lr or ctx.meta_lr
+  single_ctx = ctx._replace(meta_lr=meta_lr, validate_runs=0, rollback_factor=None)
+  t, _, per_outer = make_tuner(single_ctx, problem, estimator, seed)
+  window = metaopt.window_length(estimator, problem.system, ctx.num_steps)
+  copies = per_outer // window
+  state = jax.jit(t.init)(jax.random.key(seed), problem.theta)
+  state, infos = jax.jit(t.run, static_argnums=1)(state, problem.system.horizon // window)
+  template = jax.eval_shape(problem.system.init, jax.random.key(0), problem.theta)
+  # The run's own losses per inner step (window sums / window): a problem scored by its
+  # meta-loss (no validation split) scores the run's own model by them.
+  own = jax.jit(lambda s, losses: scores(problem, metaopt.one_inner_state(s.inner, template),
+                                         losses))(state.estimator_state, infos["loss"] / window)
+  return ({**_floats(own), "runs": copies, "meta_lr": meta_lr},
+          {**evaluator(problem, seed)(state.theta), "runs": copies + 1, "meta_lr": meta_lr},
+          jax.flatten_util.ravel_pytree(state.theta)[0].tolist())
+
+
+def run_online(ctx, problem, estimator, seed):
+  """Restarts mode of one online tuning run, with the single-run mode beside it.
+
+  The tuner validates theta (the initial theta first, then every
+  ``validate_runs`` runs of tuning) by one fresh training run on the evaluator's
+  keys, so the best validated theta's model is a model the method trained: at a
+  budget of ``b`` runs (tuning and validation runs counted) the method reports
+  it, as black-box search reports its best trial. Without validation
+  (``validate_runs=0``), theta after ``b - 1`` runs of tuning, retrained.
+
+  Returns:
+    (curve, theta, extra): ``curve`` rows (inner steps spent, validation loss,
+    test loss, test accuracy) of the reported (best validated) model as the run
+    goes; ``extra`` holds ``at_budget`` ({runs: METRICS}), ``current_curve``
+    (the same rows for the tuner's current theta retrained at ``num_evals``
+    points: a diagnostic, not counted), ``single_own`` and ``single_retrain``
+    (each METRICS plus ``runs``), ``num_skipped``, ``num_rollbacks`` and
+    ``diverged``.
+  """
+  t, every, per_outer = make_tuner(ctx, problem, estimator, seed)
+  horizon = problem.system.horizon
+  state = jax.jit(t.init)(jax.random.key(seed), problem.theta)
   run = jax.jit(t.run, static_argnums=1)
   evaluate = evaluator(problem, seed)
-  template = jax.eval_shape(problem.system.init, jax.random.key(0), problem.theta)
-  # The run's own model: its losses along the run are not kept, so a problem without a
-  # validation split scores it by its evaluate's first value (scores' fallback needs losses).
-  own = jax.jit(lambda s: scores(problem, metaopt.one_inner_state(s.inner, template),
-                                 jnp.full((1,), jnp.nan)))
-  # Outer steps at which theta is read: each budget's (b - 1) runs, the end of the first
-  # horizon (single run), and num_evals more points for the curve.
-  last = (max(ctx.budgets) - 1) * horizon // per_outer
-  single = horizon // window
-  marks = {0, single, last} | {(b - 1) * horizon // per_outer for b in ctx.budgets}
-  marks |= set(np.linspace(0, last, ctx.num_evals + 1).astype(int).tolist())
-  marks = sorted(m for m in marks if m <= max(last, single))
+  last = budget_steps(ctx, horizon, per_outer, every, max(ctx.budgets))
+  at_budget_step = {b: budget_steps(ctx, horizon, per_outer, every, b) for b in ctx.budgets}
+  checks = set(range(every, last + 1, every)) if every else set(at_budget_step.values())
+  current_marks = set(np.linspace(0, last, ctx.num_evals + 1).astype(int).tolist())
+  current_marks |= set(at_budget_step.values())  # the diagnostic at every budget too
+  marks = sorted({0, last} | checks | current_marks)
   untuned = evaluate(problem.theta)
-  at_mark, done = {0: untuned}, 0
-  extra = {}
+  flat = lambda th: np.asarray(jax.flatten_util.ravel_pytree(th)[0])
+  models = {flat(problem.theta).tobytes(): untuned}  # evaluated thetas (same keys: same model)
+
+  def model(theta):
+    k = flat(theta).tobytes()
+    if k not in models:
+      models[k] = evaluate(theta)
+    return models[k]
+
+  reported = {0: untuned}
+  current = {0: untuned}
+  done = 0
   for m in marks[1:]:
     state, _ = run(state, m - done)
     done = m
-    at_mark[m] = evaluate(state.theta)
-    if m == single:
-      extra["single_own"] = {**_floats(own(state.estimator_state)), "runs": copies}
-      extra["single_retrain"] = {**at_mark[m], "runs": copies + 1}
-      extra["single_theta"] = jax.flatten_util.ravel_pytree(state.theta)[0].tolist()
-  curve = [(m * per_outer, *(at_mark[m][k] for k in METRICS)) for m in marks]
-  extra["at_budget"] = {str(b): at_mark[(b - 1) * horizon // per_outer] for b in ctx.budgets}
-  extra["num_skipped"] = int(state.num_skipped)
-  extra["num_rollbacks"] = int(state.num_rollbacks)
+    if m in checks:
+      reported[m] = model(state.best_theta if every else state.theta)
+    if m in current_marks:
+      current[m] = model(state.theta)
+  row = lambda m, out: (spent_steps(horizon, per_outer, every, m), *(out[k] for k in METRICS))
+  curve = [row(m, out) for m, out in sorted(reported.items())]
+  extra = {"current_curve": [row(m, out) for m, out in sorted(current.items())],
+           "at_budget": {str(b): reported[at_budget_step[b]] for b in ctx.budgets},
+           "validate_every": every, "num_validations": int(state.num_validations),
+           "num_skipped": int(state.num_skipped), "num_rollbacks": int(state.num_rollbacks),
+           "step_scale": float(state.step_scale)}
   extra["diverged"] = diverged(untuned["validation_loss"],
-                              [p["validation_loss"] for p in at_mark.values()],
+                              [p["validation_loss"] for p in current.values()],
                               int(state.num_skipped))
-  return curve, jax.flatten_util.ravel_pytree(state.theta)[0].tolist(), extra
+  own, retrain, single_theta = run_single(ctx, problem, estimator, seed)
+  extra.update(single_own=own, single_retrain=retrain, single_theta=single_theta,
+               current_theta=flat(state.theta).tolist())
+  theta = state.best_theta if every else state.theta
+  return curve, flat(theta).tolist(), extra
 
 
 def sampler(method, seed):
+  """The black-box method's Optuna sampler. CMA-ES's search distribution starts at the centre of
+  the box, theta0 (Optuna's default mean; its x0 argument is deprecated since Optuna 4.9)."""
   if method == "tpe":
     return optuna.samplers.TPESampler(seed=seed)
   if method == "cmaes":  # needs the cmaes package (the [cmaes] extra)
@@ -206,29 +296,35 @@ def run_black_box(ctx, problem, method, seed):
   budget = max(ctx.budgets) * horizon
   chunk = max(1, horizon // ctx.num_reports)
   pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-  search = optuna.create_study(direction="minimize", sampler=sampler(method, seed), pruner=pruner)
+  search = optuna.create_study(direction="minimize", sampler=sampler(method, seed),
+                               pruner=pruner)
+  # Anyone tuning tries the defaults first: the first trial is theta0 (Optuna's enqueue_trial).
+  search.enqueue_trial({f"theta_{i}": float(v) for i, v in enumerate(theta0)})
   train, start, score = _trainer(problem, unravel)
   spent, best, best_theta = 0, None, theta0
   finished = []  # (spent when it finished, METRICS)
   curve = []
-  trial_index = 0
   while spent < budget:
     trial = search.ask()
     theta = np.array([trial.suggest_float(f"theta_{i}", v - ctx.search_width,
                                           v + ctx.search_width)
                       for i, v in enumerate(theta0)], np.float32)
-    key = jax.random.fold_in(jax.random.key(seed), trial_index)
-    trial_index += 1
+    # Every method's models train on the same keys (the evaluator's): the first trial is
+    # theta0's very run, and trials differ by theta alone.
+    key = jax.random.key(EVAL_SEED + seed)
     state = start(jnp.asarray(theta), key)
     all_keys = jax.random.split(key, horizon)
-    value, pruned, out = None, False, None
+    value, pruned, out, run_losses = None, False, None, []
     for r, offset in enumerate(range(0, horizon, chunk)):
       n = min(chunk, horizon - offset, budget - spent)
       if n <= 0:
         break
       state, losses = train(state, jnp.asarray(theta), all_keys[offset:offset + n])
       spent += n
-      out = _floats(score(state, losses))
+      # The losses of the whole run so far: a problem scored by its meta-loss (no validation
+      # split) is scored as the evaluator scores every other method's runs.
+      run_losses.append(losses)
+      out = _floats(score(state, jnp.concatenate(run_losses)))
       value = out["validation_loss"] if math.isfinite(out["validation_loss"]) else float("inf")
       if offset + n < horizon:
         trial.report(value, r)
@@ -271,7 +367,7 @@ def run_grid(ctx, seed):
     shifts = np.linspace(-ctx.search_width, ctx.search_width, b) if b > 1 else np.zeros(1)
     runs = []
     for i, shift in enumerate(shifts):
-      key = jax.random.fold_in(jax.random.key(seed), 1_000 * b + i)
+      key = jax.random.key(EVAL_SEED + seed)  # the keys every method's models train on
       runs.append(dict(_floats(evaluate_shifted(jnp.float32(shift), key)),
                        learning_rate_factor=float(np.exp(shift))))
     spent += b * horizon

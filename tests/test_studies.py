@@ -175,7 +175,7 @@ def test_the_mnist1d_tuning_study_in_a_reduced_configuration(tmp_path):
   out = subprocess.run(study_cmd(*REDUCED_MNIST1D, f"--output_dir={tmp_path}"), cwd=ROOT,
                        capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
-  study = optuna.load_study(study_name="tuning-mnist1d", storage=storage_lib.make_storage(
+  study = optuna.load_study(study_name="tuning-mnist1d-mlp", storage=storage_lib.make_storage(
       f"journal:///{tmp_path}/study.journal"))
   trials = {t.params["method"]: t for t in study.trials}
   assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials.values())
@@ -192,15 +192,71 @@ def test_the_mnist1d_tuning_study_in_a_reduced_configuration(tmp_path):
   assert rtrl["single_own"]["runs"] == 1 and rtrl["single_retrain"]["runs"] == 2
   assert pes["single_own"]["runs"] == 2 and pes["single_retrain"]["runs"] == 3  # 2 particles
   assert rtrl["diverged"] is False and rtrl["num_skipped"] == 0
-  # Budget 1 of an online method is the untuned theta, retrained on the same keys as the rest.
-  assert rtrl["at_budget"]["1"] == pes["at_budget"]["1"]
+  # theta0 first for everyone: at 1 run every online and black-box method's model is theta0's
+  # own run on the same keys (the first black-box trial is theta0, enqueued).
+  theta0_run = rtrl["at_budget"]["1"]
+  for method in ("online:pes", "tpe", "random", "cmaes"):
+    for k, v in theta0_run.items():
+      assert trials[method].user_attrs["at_budget"]["1"][k] == pytest.approx(v, rel=1e-5), method
+  # Best so far: no method's reported model gets worse (by validation) as its budget grows, and
+  # an online run's reported curve never rises; its validation runs are in the budget.
+  for method, t in trials.items():
+    at = t.user_attrs["at_budget"]
+    assert at["3"]["validation_loss"] <= at["1"]["validation_loss"], method
+  for online in (rtrl, pes):
+    validation = [c[1] for c in online["curve"]]
+    assert validation == sorted(validation, reverse=True)
+    assert online["curve"][-1][0] <= 3 * horizon  # tuning and validation runs within 3 runs
+    assert online["num_validations"] >= 1 and len(online["current_curve"]) >= 2
   summary = (tmp_path / "summary.md").read_text()
   for text in ("| online:rtrl |", "| grid |", "| cmaes |", "single:rtrl own", "single:pes retrain",
-               "Goals:", "budget 1 runs: best online", "divergence: 0 diverged"):
+               "| current:rtrl |", "Goals:", "budget 1 run: every method's model is theta0's",
+               "budget 3 runs: best online", "divergence: 0 diverged",
+               "reported curves ending above their value at 1 run"):
     assert text in summary, text
   assert (tmp_path / "tuning_curves.png").stat().st_size > 10_000
   rows = json.load(open(tmp_path / "summary.json"))["rows"]
   assert {(r["method"], r["budget_runs"]) for r in rows} >= {("grid", 3), ("single:rtrl own", 1)}
+
+
+TOY_CONTEXT = tuning.Context(
+    "toy_regression", {"horizon": 10}, ("online:rtrl", "tpe", "random", "cmaes"), (0,), (1, 3, 6),
+    2, 5, 4, 0.1, "adam", 0.05, 3.0, 2)
+
+
+@pytest.mark.parametrize("method", ["tpe", "random", "cmaes"])
+def test_black_box_search_tries_theta0_first_on_the_keys_of_every_other_model(method):
+  """theta0 first, same keys: a black-box method's first trial is theta0's own run, scored as
+  the online tuner's validation of theta0 is (here by the meta-loss of the whole run: the toy
+  regression has no validation split)."""
+  problem = tuning.make_problem(TOY_CONTEXT)
+  _, _, online = tuning.run_online(TOY_CONTEXT, problem, "rtrl", 0)
+  curve, _, black_box = tuning.run_black_box(TOY_CONTEXT, problem, method, 0)
+  for k, v in online["at_budget"]["1"].items():
+    if np.isfinite(v):
+      assert black_box["at_budget"]["1"][k] == pytest.approx(v, rel=1e-5), k
+  assert curve[0][0] == 10  # one run of inner steps
+  validation = [c[1] for c in curve]
+  assert validation == sorted(validation, reverse=True)  # best so far
+
+
+def test_an_online_run_reports_its_best_validated_model_within_each_budget():
+  """Validation runs are counted: at a budget of b runs, the reported model is the best of the
+  validations whose tuning and validation runs fit in b; the current-theta curve is separate."""
+  problem = tuning.make_problem(TOY_CONTEXT)
+  curve, theta, extra = tuning.run_online(TOY_CONTEXT, problem, "rtrl", 0)
+  every = extra["validate_every"]
+  assert every == 2  # one run of tuning: horizon 10 / window 5
+  # theta0's run (1), then 1 run of tuning + 1 validation per period: 1 + 2 j <= b
+  assert [c[0] for c in curve] == [10, 30, 50]
+  reported = {b: extra["at_budget"][str(b)]["validation_loss"] for b in (1, 3, 6)}
+  assert reported[1] >= reported[3] >= reported[6]
+  assert reported[6] == pytest.approx(curve[2][1])  # 6 runs: 2 periods fit (5 runs), not 3
+  assert extra["num_validations"] == 2 and extra["current_curve"][0][1] == curve[0][1]
+  # The returned theta is the best validated one: retrained, its model is the reported one.
+  unravel = jax.flatten_util.ravel_pytree(problem.theta)[1]
+  again = tuning.evaluator(problem, 0)(unravel(np.asarray(theta, np.float32)))
+  assert again["validation_loss"] == pytest.approx(curve[-1][1], rel=1e-6)
 
 
 def test_storage_urls():

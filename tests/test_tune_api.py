@@ -239,3 +239,33 @@ def test_the_default_meta_optimizer_warms_up_and_bounds_each_step():
                                      (1 + 3 / 4) ** -0.5, (1 + 4 / 4) ** -0.5], rtol=1e-6)
   with pytest.raises(ValueError, match="meta_optimizer='lion' is unknown"):
     metaopt.meta_optimizer("lion")
+
+
+def test_the_tuned_theta_is_the_best_validated_one_and_the_summary_says_which_is_which(tmp_path):
+  """An estimator that pushes theta the wrong way: tune's product stays the initial theta (its
+  validation is never beaten), the theta where tuning ended is reported beside it, and the
+  comparison's 'tuned' run is the best theta's validation run (same keys)."""
+  from typing import NamedTuple
+
+  class Stub(NamedTuple):
+    inner: jax.Array
+
+  wrong_way = metaopt.Estimator(  # hypergradient +1: sgd lowers theta, away from the fixed
+      init=lambda key, th: Stub(jnp.ones(2)),  # point 2 theta = 1: the loss grows
+      unroll=lambda s, th, key: (s, jnp.ones_like(th), {"loss": jnp.ones(())}))
+  # 11 outer steps: the last one moves theta after the 5th validation sent it back.
+  result = metaopt.tune(SYSTEM, jnp.float32(0.0), estimator=wrong_way, outer_steps=11,
+                        logdir=tmp_path, **QUIET)
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert float(result.theta) == 0.0 and float(result.last_theta) < 0.0
+  assert summary["theta"] == [0.0] and summary["last_theta"] == [float(result.last_theta)]
+  assert summary["theta_is"] == "the best validated theta"
+  assert summary["validation"]["num_validations"] == 5  # horizon 4 / window 2: every 2 steps
+  assert summary["validation"]["num_rollbacks"] >= 1
+  assert summary["tuned"] == summary["untuned"]  # the product is theta0's run
+  np.testing.assert_allclose(summary["validation"]["best_loss"],
+                             summary["untuned"]["meta_loss_last"], rtol=1e-6)
+  off = metaopt.tune(SYSTEM, jnp.float32(0.0), estimator=wrong_way, outer_steps=12,
+                     validation=False, **QUIET)
+  assert float(off.theta) == float(off.last_theta) < 0.0
+  assert off.summary["theta_is"].startswith("where tuning ended")

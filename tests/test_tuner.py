@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from typing import NamedTuple
 
 import metaopt
 import unrolled
@@ -166,3 +167,141 @@ def test_a_horizon_much_worse_than_the_best_sets_theta_back():
       np.testing.assert_allclose(info["num_rollbacks"], [0, 0, 0, 1])
   with pytest.raises(ValueError, match="rollback_factor must be >= 1"):
     metaopt.tuner(est, push, horizon_windows=2, rollback_factor=0.5)
+
+
+class _Stub(NamedTuple):
+  inner: jax.Array
+
+
+def _wrong_way_estimator(rate):
+  """A stub estimator whose every window says 'increase theta' (gradient -rate) while its window
+  losses stay level: a slow drift that no horizon's loss reveals."""
+  return metaopt.Estimator(
+      init=lambda key, th: _Stub(jnp.zeros(())),
+      unroll=lambda s, th, key: (s, jax.tree.map(lambda x: -rate * jnp.ones_like(x), th),
+                                 {"loss": jnp.ones(())}))
+
+
+# The system the validation trains: its final loss is (theta - 0.3)^2 per "example", 8 examples
+# with a little spread, so the paired test has a standard error.
+_OFFSETS = jnp.linspace(-0.05, 0.05, 8)
+_VALIDATED = metaopt.UnrolledSystem(
+    init=lambda key, th: jnp.zeros(()), horizon=4,
+    step=lambda s, th, key: (s + 1, jnp.square(th - 0.3)))
+
+
+def _per_example(final, losses, theta_of=None):
+  del final
+  return losses[-1] + _OFFSETS * jnp.sqrt(losses[-1])
+
+
+def test_a_slow_drift_the_wrong_way_is_caught_by_validation():
+  """The stub pushes theta up by 0.05 per outer step, away from the optimum 0.3 once past it.
+  The horizon rollback never fires (the window losses are level); the validation sends theta
+  back every time it is worse than the best by more than the noise, shrinks the step, and the
+  tuned (best validated) theta is the best theta it saw."""
+  est = _wrong_way_estimator(1.0)
+  drift = metaopt.tuner(est, optax.sgd(0.05), horizon_windows=4)
+  state, _ = jax.jit(drift.run, static_argnums=1)(drift.init(jax.random.key(0), 0.0), 200)
+  assert float(state.theta) == pytest.approx(10.0, abs=1e-3)  # 200 x 0.05: drifted, unseen
+  assert int(state.num_rollbacks) == 0
+  check = metaopt.validation(_VALIDATED, every=4, score=_per_example)
+  guarded = metaopt.tuner(est, optax.sgd(0.05), validation=check)
+  state, info = jax.jit(guarded.run, static_argnums=1)(guarded.init(jax.random.key(0), 0.0), 200)
+  assert int(state.num_validations) == 50 and int(state.num_rollbacks) >= 3
+  # Never far from the best: the current theta stays within the steps of one period (4 x 0.05)
+  # plus the noise band around the best.
+  assert np.max(np.abs(np.asarray(info["theta"]) - 0.3)) < 0.45
+  assert float(state.best_theta) == pytest.approx(0.2, abs=0.11)  # the closest theta to 0.3 seen
+  assert float(state.step_scale) < 0.2  # the trust region narrowed with each rejection
+  np.testing.assert_array_less(np.diff(np.asarray(info["best_loss"])), 1e-7)  # never worse
+
+
+def test_validation_keeps_theta0_when_every_step_is_worse():
+  """Pushed away from its optimum from the start, the tuner's product stays the initial theta."""
+  est = _wrong_way_estimator(1.0)
+  check = metaopt.validation(_VALIDATED, every=2, score=_per_example)
+  t = metaopt.tuner(est, optax.sgd(0.1), validation=check)
+  state, info = jax.jit(t.run, static_argnums=1)(t.init(jax.random.key(0), 0.3), 40)
+  assert float(state.best_theta) == pytest.approx(0.3)
+  np.testing.assert_allclose(np.asarray(info["best_loss"]), 0.0, atol=1e-7)
+  # Sent back while the drift exceeds the noise band (3 standard errors of the spread), with a
+  # step half as long each time; within the band, tuning goes on from the drifted theta.
+  rollbacks = int(state.num_rollbacks)
+  assert rollbacks >= 3 and float(state.step_scale) == pytest.approx(0.5**rollbacks)
+  assert np.max(np.asarray(info["theta"]) - 0.3) <= 0.2 + 1e-6  # one period's push at most
+
+
+def test_the_paired_test_accepts_only_beyond_the_noise():
+  """A theta that scores better by less than `significance` standard errors neither becomes the
+  best nor is sent back; with significance 0 the same theta becomes the best."""
+  signs = 0.1 * jnp.array([1.0, -1.0] * 4)
+  # theta 0 scores 0.09 + signs, theta 0.05 scores 0.0625 - signs: better by 0.0275 on average,
+  # with a paired standard error of about 0.076.
+  noisy = lambda final, losses: losses[-1] + jnp.where(losses[-1] < 0.08, -signs, signs)
+  est = _wrong_way_estimator(1.0)  # up, towards 0.3 from below
+  for significance, becomes_best in ((3.0, False), (0.0, True)):
+    check = metaopt.validation(_VALIDATED, every=1, score=noisy, significance=significance)
+    t = metaopt.tuner(est, optax.sgd(0.05), validation=check)
+    state, _ = jax.jit(t.run, static_argnums=1)(t.init(jax.random.key(0), 0.0), 1)
+    assert int(state.num_rollbacks) == 0
+    assert (float(state.best_theta) == pytest.approx(0.05)) is becomes_best
+    assert float(state.theta) == pytest.approx(0.05)  # tuning goes on from it either way
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(every=0), "every must be a positive int"),
+    (dict(every=2, significance=-1.0), "significance must be >= 0"),
+    (dict(every=2, tolerance=float("nan")), "tolerance must be"),
+    (dict(every=2, shrink=0.0), "shrink must be a positive float"),
+    (dict(every=2, shrink=1.5), "shrink must lie in"),
+    (dict(every=2, score="validation_loss"), "score must be a function"),
+    (dict(every=2, seed=-1), "seed must be an int"),
+])
+def test_bad_validation_options_are_refused_in_one_line(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    metaopt.validation(_VALIDATED, **kwargs)
+
+
+def test_a_validation_without_every_or_of_the_wrong_type_is_refused_by_the_tuner():
+  est = _wrong_way_estimator(1.0)
+  with pytest.raises(ValueError, match="Validation.every is None"):
+    metaopt.tuner(est, optax.sgd(0.1), validation=metaopt.validation(_VALIDATED, every=None))
+  with pytest.raises(ValueError, match="validation must be a metaopt.Validation"):
+    metaopt.tuner(est, optax.sgd(0.1), validation=lambda th: th)
+
+
+def test_once_beyond_the_noise_of_theta0_the_lowest_validation_loss_is_the_best():
+  """Selection as black-box search selects (lowest validation loss) among the thetas that beat
+  the initial one by more than the noise: a last step better than the best by less than 3
+  standard errors still becomes the best, because it beats theta0 by more."""
+  k = jnp.arange(1, 9)
+  score = lambda final, losses: losses[-1] + 0.05 * jnp.sin(1000 * losses[-1] * k)  # spread
+  check = metaopt.validation(_VALIDATED, every=1, score=score)
+  t = metaopt.tuner(_wrong_way_estimator(1.0), optax.sgd(0.05), validation=check)  # 0 -> 0.3
+  state, info = jax.jit(t.run, static_argnums=1)(t.init(jax.random.key(0), 0.0), 6)
+  assert float(state.best_theta) == pytest.approx(0.3)
+  losses = {th: np.asarray(check.validate(jnp.float32(th))) for th in (0.0, 0.2, 0.3)}
+  paired = lambda a, b: ((losses[a] - losses[b]).mean(),
+                         (losses[a] - losses[b]).std(ddof=1) / np.sqrt(8))
+  mean, se = paired(0.3, 0.2)  # the previous best (theta 0.25 lost to it)
+  assert float(info["best_loss"][3]) == pytest.approx(losses[0.2].mean())
+  assert -3 * se < mean < 0  # better than the best, but within the noise
+  mean, se = paired(0.3, 0.0)
+  assert mean < -3 * se  # beyond the noise of theta0
+
+
+def test_a_trust_region_keeps_theta_within_its_radius_of_the_best_validated_theta():
+  """With radius r, no coordinate of theta is ever further than r x step_scale from the best
+  validated theta: the stub's push stops at the edge until a validation moves the best."""
+  check = metaopt.validation(_VALIDATED, every=10, score=_per_example, radius=0.12)
+  t = metaopt.tuner(_wrong_way_estimator(1.0), optax.sgd(0.05), validation=check)
+  state, info = jax.jit(t.run, static_argnums=1)(t.init(jax.random.key(0), 0.0), 10)
+  theta = np.asarray(info["theta"]).ravel()
+  # Before the first validation the best is theta0 = 0: theta stops at 0.12.
+  np.testing.assert_allclose(theta[:9], np.minimum(0.05 * np.arange(1, 10), 0.12), rtol=1e-5)
+  assert float(state.best_theta) == pytest.approx(0.12)  # validated at step 10: better
+  state, info = jax.jit(t.run, static_argnums=1)(state, 9)
+  np.testing.assert_allclose(np.asarray(info["theta"]).ravel()[-1], 0.24, rtol=1e-5)
+  with pytest.raises(ValueError, match="radius must be a positive float"):
+    metaopt.validation(_VALIDATED, every=2, radius=0.0)

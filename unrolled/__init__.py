@@ -19,6 +19,7 @@ from unrolled.optax_adapter import OptaxState
 from unrolled.optax_adapter import scheduled
 from unrolled.problem import Problem
 from unrolled.problem import tune_problem
+from unrolled.problem import validation
 from unrolled.registry import get
 from unrolled.registry import names
 from unrolled.registry import options
@@ -31,5 +32,5 @@ __all__ = (
     "digits_data", "digits_mlp", "get", "Hyperparameter", "influence_balancing", "initial_theta",
     "log", "logit", "names", "natural_values", "num_groups", "optax_problem", "optax_system",
     "OptaxState", "options", "parse_options", "Problem", "ProblemError", "register", "scheduled",
-    "schedules", "toy_regression", "tune_problem",
+    "schedules", "toy_regression", "tune_problem", "validation",
 )

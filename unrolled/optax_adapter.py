@@ -338,9 +338,15 @@ def optax_problem(*, loss_fn: Callable, sample_batch: Callable, init_params: Cal
     out.update(metrics(state.params) if metrics is not None else {})
     return out
 
+  def validation_losses(state):
+    # loss_fn averages over a batch: a batch of one example at a time gives each one's loss.
+    one = lambda example: loss_fn(state.params, jax.tree.map(lambda x: x[None], example))
+    return jax.vmap(one)(validation_batch)
+
   return Problem(
       system=system, theta=theta, hyperparameters=hyperparameters, evaluate=evaluate,
       num_params=num_params,
+      validation_losses=None if validation_batch is None else validation_losses,
       description=description or (
           f"An optax training loop ({num_params} parameters, horizon {horizon}, meta-loss "
           f"{meta_loss}), tuning {', '.join(hyperparams)}."))

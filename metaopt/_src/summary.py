@@ -373,7 +373,8 @@ def schedule_points(values: Mapping[str, object]) -> dict[str, tuple[list[str], 
 
 # Info entries that log_tuner_info writes under their own tags; the rest are estimator metrics.
 _TUNER_KEYS = ("loss", "grad", "chain_grads", "chain_variance", "finite", "num_skipped", "step",
-               "theta", "grad_ema_mean", "grad_ema_var")
+               "theta", "grad_ema_mean", "grad_ema_var", "best_loss", "validation_loss",
+               "step_scale", "num_rollbacks")
 
 
 def snr(mean, variance, *, num_samples: int = 1):
@@ -402,7 +403,9 @@ def log_tuner_info(writer: SummaryWriter, info: Mapping[str, object], step: int,
   """Logs one outer step's ``info`` from :func:`~metaopt.tuner` (not stacked over steps).
 
   Tags: ``loss/window_sum`` and ``loss/per_inner_step`` (divided by
-  ``window``), ``tuner/finite``, ``tuner/num_skipped``, ``estimator/<metric>``
+  ``window``), ``tuner/finite``, ``tuner/num_skipped``, ``tuner/num_rollbacks``,
+  ``tuner/step_scale``, ``tuner/best_loss`` (the best validated theta's score, or
+  the best horizon's mean loss without validation), ``estimator/<metric>``
   for every other metric, and per coordinate ``<name>`` of ``names``:
   ``hypergrad/<name>`` (the chains' mean), ``hypergrad_time/{mean,variance,
   lower,upper}/<name>`` (moving averages over time; lower and upper are mean ∓
@@ -435,6 +438,10 @@ def log_tuner_info(writer: SummaryWriter, info: Mapping[str, object], step: int,
   writer.scalar("loss/per_inner_step", np.asarray(info["loss"]) / window, step)
   writer.scalar("tuner/finite", float(info["finite"]), step)
   writer.scalar("tuner/num_skipped", info["num_skipped"], step)
+  for k, tag in (("num_rollbacks", "tuner/num_rollbacks"), ("step_scale", "tuner/step_scale"),
+                 ("best_loss", "tuner/best_loss")):
+    if k in info and np.isfinite(info[k]):  # no best before the first horizon or validation
+      writer.scalar(tag, info[k], step)
   for k, v in info.items():
     if k not in _TUNER_KEYS:
       writer.scalar(f"estimator/{k}", v, step)

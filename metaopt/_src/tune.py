@@ -37,18 +37,25 @@ class TuneResult(NamedTuple):
   """What :func:`tune` returns.
 
   Attributes:
-    theta: the tuned hyperparameters (theta's own structure).
+    theta: the tuned hyperparameters (theta's own structure): with validation
+      (the default), the best validated theta, the initial one if no theta
+      beat it; without, where tuning ended.
     state: the final :class:`~metaopt.TunerState` (resume or continue from it).
     summary: what ``summary.json`` holds: ``config``, ``outer_steps``,
-      ``num_skipped``, flat ``theta`` and ``theta_names``,
-      ``hyperparameters`` (natural units), and with ``compare=True``
-      ``untuned`` and ``tuned`` (one fresh horizon each, same keys).
+      ``num_skipped``, flat ``theta`` (= ``theta`` above), ``last_theta`` (where
+      tuning ended) and ``theta_names``, ``hyperparameters`` (natural units, of
+      ``theta``), with validation ``validation`` (the initial and the best
+      validation loss, validations run, rollbacks), and with ``compare=True``
+      ``untuned`` and ``tuned`` (one fresh horizon each, same keys: with the
+      default validation, the very runs that validated them).
     logdir: the run folder, or None.
+    last_theta: where tuning ended (the tuner's current theta).
   """
   theta: Any
   state: tuner_lib.TunerState
   summary: dict
   logdir: str | None
+  last_theta: Any = None
 
 
 class RunFolderError(ValueError):
@@ -79,7 +86,8 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
          max_update: float | None = meta_optimizer_lib.DEFAULT_MAX_UPDATE,
          warmup_steps: int = meta_optimizer_lib.DEFAULT_WARMUP_STEPS,
          decay_steps: int | None = meta_optimizer_lib.DEFAULT_DECAY_STEPS,
-         rollback_factor: float | None = 1.5, mode: str = "restarts",
+         rollback_factor: float | None = 1.5,
+         validation: bool | tuner_lib.Validation = True, mode: str = "restarts",
          outer_steps: int | None = None,
          num_chains: int = 1,
          seed: int = 0, logdir: str | os.PathLike | None = None, checkpoint_every: int = 100,
@@ -121,9 +129,20 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
       warm-up, and the time scale of its 1/sqrt decay (None: constant)
       (:func:`~metaopt.meta_optimizer`; named meta-optimisers only, a custom
       one is used as given).
-    rollback_factor: after each horizon, set theta back to the one that
-      started the best horizon if this one's mean loss exceeded this multiple
-      of the best's (:func:`~metaopt.tuner`); None: never.
+    rollback_factor: without validation only: after each horizon, set theta
+      back to the one that started the best horizon if this one's mean loss
+      exceeded this multiple of the best's (:func:`~metaopt.tuner`); None: never.
+    validation: the drift guard and the product (restarts mode): True
+      validates the initial theta and then theta every horizon by one fresh
+      horizon at fixed theta on the comparison's keys (``seed + 1``), scored by
+      the mean meta-loss of its last tenth; a theta that beats the best by
+      more than the noise becomes the best, one that loses by more goes back
+      to the best and shrinks the step (:class:`~metaopt.Validation`), and
+      ``theta`` is the best validated. A :class:`~metaopt.Validation` (e.g.
+      ``metaopt.validation(system, every=None, score=...)`` with per-example
+      validation losses; ``every=None`` is one horizon) is used as given; False:
+      none (the tuner's theta is the product, ``rollback_factor`` guards).
+      Ignored in single-run mode, whose product is its own model.
     mode: ``"restarts"``: the inner training restarts every horizon and
       tuning goes on for ``outer_steps``; ``"single_run"``: ONE training run
       (the horizon) during which theta is tuned, as OHO does (the schedule's
@@ -215,9 +234,11 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
   for fn, name in ((evaluate, "evaluate"), (hyperparameters, "hyperparameters")):
     if fn is not None and not callable(fn):
       raise ValueError(f"{name} must be a function, got {base.describe(fn)}")
+  check = _validation(validation, system, mode=mode, one_run=one_run, seed=seed)
   t = tuner_lib.tuner(est, outer_opt, num_chains=num_chains, max_grad_norm=max_grad_norm,
                       horizon_windows=None if rollback_factor is None else one_run,
-                      rollback_factor=1.5 if rollback_factor is None else rollback_factor)
+                      rollback_factor=1.5 if rollback_factor is None else rollback_factor,
+                      validation=check)
   memory.check_memory(est, theta, num_chains=num_chains, what="num_chains")
   init = lambda: jax.jit(t.init)(jax.random.key(seed), theta)
   state_shape = jax.eval_shape(init)
@@ -227,7 +248,12 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
   run_config = _run_config(spec, num_steps, num_particles, sigma, meta_optimizer, meta_lr,
                            max_grad_norm, num_chains, seed, checkpoint_every, theta, config)
   run_config.update(mode=mode, max_update=max_update, warmup_steps=warmup_steps,
-                    decay_steps=decay_steps, rollback_factor=rollback_factor)
+                    decay_steps=decay_steps, rollback_factor=rollback_factor,
+                    validation=None if check is None else {
+                        "every": check.every, "significance": check.significance,
+                        "tolerance": check.tolerance, "shrink": check.shrink,
+                        "radius": check.radius,
+                        "score": "default" if validation is True else "custom"})
   hyperparameters = hyperparameters or _own_leaves
 
   lock, resuming, logdir = None, False, None if logdir is None else os.fspath(logdir)
@@ -253,8 +279,10 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
           evaluate=evaluate, hyperparameters=hyperparameters, writer=writer,
           checkpoint_path=checkpoint_path, run_config=run_config,
           checkpoint_every=checkpoint_every, log_every=log_every, image_every=image_every,
-          max_skipped=max_skipped, num_chains=num_chains, verbose=verbose)
+          max_skipped=max_skipped, num_chains=num_chains, validated=check is not None,
+          verbose=verbose)
       result = _finish(system, theta, state, seed=seed, evaluate=evaluate, mode=mode,
+                       validated=check is not None,
                        hyperparameters=hyperparameters, compare=compare, run_config=run_config,
                        wall=wall, writer=writer, logdir=logdir, verbose=verbose)
     finally:
@@ -268,7 +296,7 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
 
 def _outer_loop(t, state, start, outer_steps, *, system, theta0, window, evaluate,
                 hyperparameters, writer, checkpoint_path, run_config, checkpoint_every,
-                log_every, image_every, max_skipped, num_chains, verbose):
+                log_every, image_every, max_skipped, num_chains, validated, verbose):
   """The outer steps from ``start``, in jitted calls that never straddle a checkpoint or a
   progress line. ``state`` is the tuner's state, or a function that makes it (compiled with the
   outer step, under the "compiling" line)."""
@@ -333,7 +361,8 @@ def _outer_loop(t, state, start, outer_steps, *, system, theta0, window, evaluat
       per_step = seconds / steps
       _say(verbose, f"step {step}/{outer_steps} | window loss {float(infos['loss'][-1]):.4g} | "
            f"{_hyper_text({k: v[-1] for k, v in hyper.items()})} | skipped {skipped} | "
-           f"{1e3 * per_step:.3g} ms/step, ETA {_duration(per_step * (outer_steps - step))}")
+           + (f"best validation {float(infos['best_loss'][-1]):.4g} | " if validated else "")
+           + f"{1e3 * per_step:.3g} ms/step, ETA {_duration(per_step * (outer_steps - step))}")
   run_seconds = sum(c[1] for c in calls)
   return state, compile_seconds + run_seconds
 
@@ -375,15 +404,27 @@ def _duration(seconds):
   return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def _finish(system, theta0, state, *, seed, evaluate, mode, hyperparameters, compare, run_config,
-            wall, writer, logdir, verbose):
+def _finish(system, theta0, state, *, seed, evaluate, mode, validated, hyperparameters, compare,
+            run_config, wall, writer, logdir, verbose):
   """The summary (and its file), the untuned-vs-tuned comparison and the hparams session."""
+  tuned = state.best_theta if validated else state.theta
   out = {"config": run_config, "outer_steps": int(state.step),
          "num_skipped": int(state.num_skipped),
-         "theta": np.asarray(base.ravel(state.theta)[0]).tolist(),
+         "theta": np.asarray(base.ravel(tuned)[0]).tolist(),
+         "theta_is": ("the best validated theta" if validated else
+                      "where tuning ended (no validation)"),
+         "last_theta": np.asarray(base.ravel(state.theta)[0]).tolist(),
          "theta_names": summary.coordinate_names(theta0),
-         "hyperparameters": jax.device_get(hyperparameters(state.theta)),
+         "hyperparameters": jax.device_get(hyperparameters(tuned)),
          "wall_seconds_this_process": wall}
+  if validated:
+    out["validation"] = {"best_loss": float(state.best_loss),
+                         "num_validations": int(state.num_validations),
+                         "num_rollbacks": int(state.num_rollbacks),
+                         "step_scale": float(state.step_scale)}
+    _say(verbose, f"validation: best loss {float(state.best_loss):.5g} after "
+         f"{int(state.num_validations)} validations ({int(state.num_rollbacks)} sent theta back); "
+         f"the tuned theta is the best validated one")
   if mode == "single_run" and evaluate is not None:
     template = jax.eval_shape(system.init, jax.random.key(0), theta0)
     own = jax.device_get(jax.jit(lambda s: evaluate(one_inner_state(s.inner, template)))(
@@ -398,23 +439,37 @@ def _finish(system, theta0, state, *, seed, evaluate, mode, hyperparameters, com
     one = jax.jit(lambda th: horizon.evaluate_horizon(
         system, th, jax.random.key(seed + 1), evaluate=evaluate))
     out["untuned"], out["tuned"] = (
-        {k: float(v) for k, v in jax.device_get(one(th)).items()} for th in (theta0, state.theta))
+        {k: float(v) for k, v in jax.device_get(one(th)).items()} for th in (theta0, tuned))
     if verbose:
       print_comparison(out["untuned"], out["tuned"], hyperparameters(theta0),
-                       hyperparameters(state.theta))
+                       hyperparameters(tuned))
   if writer is not None:
     summary.log_schedule_curves(writer, jax.device_get(hyperparameters(theta0)),
-                                jax.device_get(hyperparameters(state.theta)))
+                                jax.device_get(hyperparameters(tuned)))
     metrics = {f"final/{k}": float(v) for k, v in out.get("tuned", {}).items()}
     metrics.update({f"final/single_run_{k}": v for k, v in out.get("single_run_final", {}).items()})
     metrics["final/num_skipped"] = float(state.num_skipped)
+    if validated:
+      metrics["final/best_validation_loss"] = float(state.best_loss)
     writer.hparams(_session_hparams(run_config), metrics, int(state.step),
                    trial_id=os.path.basename(os.path.abspath(logdir)))
     writer.close()
     files.write_atomic(os.path.join(logdir, SUMMARY), _to_json(out))
     _say(verbose, f"\nsummary: {os.path.join(logdir, SUMMARY)}\n"
          f"TensorBoard: tensorboard --logdir {shlex.quote(logdir)}")
-  return TuneResult(state.theta, state, out, logdir)
+  return TuneResult(tuned, state, out, logdir, state.theta)
+
+
+def _validation(validation, system, *, mode, one_run, seed):
+  """The tuner's Validation (None: none) from ``tune``'s ``validation`` argument."""
+  if isinstance(validation, (bool, np.bool_)):
+    if not validation or mode == "single_run":
+      return None
+    return tuner_lib.validation(system, every=one_run, seed=(seed + 1) % 2**32)
+  validation = tuner_lib.check_validation(validation, every_unset=True)
+  if mode == "single_run":
+    return None
+  return validation._replace(every=validation.every or one_run)
 
 
 def _session_hparams(run_config):
@@ -424,8 +479,13 @@ def _session_hparams(run_config):
   if run_config["estimator"] != "custom":
     takes = registry.estimator_info(run_config["estimator"]).takes
     unused |= {o for o in ("num_steps", "num_particles", "sigma") if o not in takes}
-  return {k: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
-          for k, v in run_config.items() if k not in unused}
+  flat = {}
+  for k, v in run_config.items():
+    if isinstance(v, dict):  # e.g. validation: {"every": 10, ...} -> validation_every
+      flat.update({f"{k}_{kk}": vv for kk, vv in v.items()})
+    elif k not in unused:
+      flat[k] = " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+  return flat
 
 
 def _run_config(spec, num_steps, num_particles, sigma, meta_optimizer, meta_lr,

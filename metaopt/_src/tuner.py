@@ -7,6 +7,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from metaopt._src import base
@@ -31,7 +32,17 @@ class TunerState(NamedTuple):
     horizon_loss: the current horizon's window losses so far (chains' mean), summed.
     best_theta, best_loss: the theta that started the horizon with the lowest mean
       loss so far, and that loss (inf before the first horizon ends).
-    num_rollbacks: horizons after which theta was set back to ``best_theta``.
+    num_rollbacks: horizons (or rejected validations) after which theta was set
+      back to ``best_theta``.
+    step_scale: the factor on every meta-optimiser update (1; with a
+      :class:`Validation`, multiplied by ``shrink`` after each rejection).
+    validation_loss: the latest validated theta's score (its mean loss).
+    num_validations: validations run after ``init``'s one of the initial theta.
+    best_losses, initial_losses: the best and the initial theta's validation
+      losses, flat (one entry for a scalar score), for the paired comparisons.
+
+  With a :class:`Validation`, ``best_theta`` and ``best_loss`` are the best
+  VALIDATED theta and its score (the initial theta's first), not a horizon's.
   """
   theta: Any
   outer_state: Any
@@ -47,6 +58,153 @@ class TunerState(NamedTuple):
   best_theta: Any = None
   best_loss: jax.Array | None = None
   num_rollbacks: jax.Array | None = None
+  step_scale: jax.Array | None = None
+  validation_loss: jax.Array | None = None
+  num_validations: jax.Array | None = None
+  best_losses: jax.Array | None = None
+  initial_losses: jax.Array | None = None
+
+
+# Standard errors a validated theta must win (lose) by to become the best (to be rejected).
+DEFAULT_SIGNIFICANCE = 3.0
+# The trust region's radius around the best validated theta, per coordinate, for theta in log or
+# logit units (as unrolled's problems parameterise it): e^0.5 = a factor 1.65 per validation.
+DEFAULT_TRUST_RADIUS = 0.5
+
+
+class Validation(NamedTuple):
+  """How :func:`tuner` judges theta itself: an acceptance test on a fixed validation run.
+
+  Every ``every`` outer steps the tuner calls ``validate(theta)`` (pure,
+  jit-able, deterministic), e.g. one fresh training run with theta held fixed
+  scored on validation data (:func:`validation` builds that one). It returns
+  a float scalar, or a vector of per-example losses (the same examples every
+  time), lower is better; ``init`` validates the initial theta first.
+  Comparisons are paired, example by example: for two thetas, d is the
+  per-example differences and se their standard error (0 for a scalar). A
+  validated theta
+
+  - becomes the best if its mean loss is below the best's AND it beats the
+    INITIAL theta by ``mean(d) <= -significance * se``: a model handed on is
+    better than the defaults beyond the validation's noise, and among such
+    models the lowest validation loss wins, as black-box search chooses;
+  - is rejected if it loses to the best by ``mean(d) > significance * se +
+    tolerance * |best|``, or is not finite: theta goes back to the best, and
+    every later meta-optimiser update is multiplied by ``shrink`` once more (a
+    trust region that narrows where the hypergradient misleads);
+  - otherwise tuning goes on from it.
+
+  With ``radius``, every coordinate of theta stays within ``radius *
+  step_scale`` of the best validated theta (a trust region, in theta's own
+  units): a tuner cannot walk far past the last theta it knows to be good
+  between two validations (on MNIST-1D, online RTRL's early learning rates
+  otherwise cross the edge of stability, where a fresh run diverges, within
+  one validation period).
+
+  The tuner's product is the best validated theta, so a tuner left running
+  never ends worse than the initial theta on its validation.
+
+  Attributes:
+    validate: ``validate(theta) -> scalar or (n,) losses``.
+    every: outer steps between validations.
+    significance: standard errors of the paired difference a theta must beat
+      the initial theta by to become the best, and lose to the best by to be
+      rejected; ignored for a scalar score.
+    tolerance: relative slack, on top of the noise, before a worse theta is
+      rejected (0: reject any theta worse than the best).
+    shrink: factor on the step size (and the radius) after each rejection, in
+      (0, 1].
+    radius: the trust region's radius per coordinate (None: none);
+      :data:`DEFAULT_TRUST_RADIUS` suits theta in log or logit units.
+  """
+  validate: Callable[[Any], jax.Array]
+  every: int
+  significance: float = DEFAULT_SIGNIFICANCE
+  tolerance: float = 0.0
+  shrink: float = 0.5
+  radius: float | None = None
+
+
+def validation(system: base.UnrolledSystem, *, every: int | None,
+               score: Callable[[Any, jax.Array], jax.Array] | None = None, seed: int = 0,
+               significance: float = DEFAULT_SIGNIFICANCE, tolerance: float = 0.0,
+               shrink: float = 0.5, radius: float | None = None) -> Validation:
+  """A :class:`Validation` that trains one fresh horizon of ``system`` with theta held fixed.
+
+  The run starts from ``jax.random.key(seed)`` with the step keys
+  ``jax.random.split(key, horizon)``, the keys of
+  :func:`~metaopt.evaluate_horizon`, so each validation is the very model a
+  retrain with that key gives.
+
+  Args:
+    system: the inner loop.
+    every: outer steps between validations (None: one horizon's windows,
+      filled in by :func:`~metaopt.tune`, which knows the window).
+    score: ``score(final_state, losses)`` of the run: a scalar or per-example
+      losses, lower is better (e.g. a problem's per-example validation losses
+      of the final model, ``unrolled.Problem.validation_losses``); default:
+      the mean meta-loss of the horizon's last tenth (at least one step), the
+      final model's loss for a per-step validation meta-loss.
+    seed: the validation run's key.
+    significance, tolerance, shrink, radius: see :class:`Validation`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, metaopt
+    >>> system = metaopt.UnrolledSystem(
+    ...     init=lambda key, th: jnp.ones(2),
+    ...     step=lambda s, th, key: (0.5 * s + th, jnp.sum((s - 1.0) ** 2)), horizon=4)
+    >>> check = metaopt.validation(system, every=2)
+    >>> t = metaopt.tuner(metaopt.rtrl(system, num_steps=2), optax.sgd(0.01), validation=check)
+    >>> state, infos = jax.jit(t.run, static_argnums=1)(t.init(jax.random.key(0), 0.0), 10)
+    >>> bool(state.best_loss <= check.validate(0.0))  # never worse than the initial theta
+    True
+  """
+  horizon = base.check_system(system)
+  if every is not None:
+    every = base.check_count(every, "every")
+  if score is not None and not callable(score):
+    raise ValueError(f"score must be a function (final_state, losses) -> scalar, got "
+                     f"{base.describe(score)}")
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+    raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+  last = max(1, horizon // 10)
+  score = score or (lambda final, losses: jnp.mean(losses[-last:]))
+
+  def validate(theta):
+    key = jax.random.key(seed)
+    final, losses = base.full_unroll(system, theta, key, jax.random.split(key, horizon))
+    return jnp.asarray(score(final, losses), jnp.float32)
+
+  return check_validation(Validation(validate, every, significance, tolerance, shrink, radius),
+                          every_unset=True)
+
+
+def check_validation(check: Any, *, every_unset: bool = False) -> Validation:
+  """``check`` with its numbers checked, or a ValueError naming the bad one."""
+  if not isinstance(check, Validation):
+    raise ValueError(f"validation must be a metaopt.Validation (metaopt.validation builds one), "
+                     f"got {base.describe(check)}")
+  if not callable(check.validate):
+    raise ValueError(f"Validation.validate must be a function of theta, got "
+                     f"{base.describe(check.validate)}")
+  if check.every is None and not every_unset:
+    raise ValueError("Validation.every is None: give the outer steps between validations "
+                     "(metaopt.tune fills in one horizon)")
+  if check.every is not None:
+    base.check_count(check.every, "every")
+  significance = base.check_float(check.significance, "significance", positive=False)
+  if significance < 0:
+    raise ValueError(f"significance must be >= 0, got {significance!r}")
+  tolerance = base.check_float(check.tolerance, "tolerance", positive=False)
+  if tolerance < 0:
+    raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+  shrink = base.check_float(check.shrink, "shrink")
+  if not 0 < shrink <= 1:
+    raise ValueError(f"shrink must lie in (0, 1], got {shrink!r}")
+  radius = None if check.radius is None else base.check_float(check.radius, "radius")
+  return check._replace(every=None if check.every is None else int(check.every),
+                        significance=significance, tolerance=tolerance, shrink=shrink,
+                        radius=radius)
 
 
 class Tuner(NamedTuple):
@@ -59,7 +217,8 @@ class Tuner(NamedTuple):
 def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformation, *,
           num_chains: int = 1, max_grad_norm: float | None = None,
           ema_decay: float = 0.9, spread_chains: bool | None = None,
-          horizon_windows: int | None = None, rollback_factor: float = 1.5) -> Tuner:
+          horizon_windows: int | None = None, rollback_factor: float = 1.5,
+          validation: Validation | None = None) -> Tuner:
   """Online hyperparameter tuning with any estimator and any optax meta-optimiser.
 
   Each outer step runs one window of every chain (``num_chains`` independent
@@ -79,8 +238,15 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
   non-finite) sets theta back to the theta that started the best horizon
   (counted in ``num_rollbacks``; the meta-optimiser's state goes on). A
   tuner drifting into a region where the inner training degrades therefore
-  never ends far from its best theta. ``metaopt.tune`` and the tuning study
-  turn it on.
+  never ends far from its best theta. It judges horizons, not theta: a slow
+  drift of theta that keeps the horizons' losses level never sets it off.
+
+  Validation (``validation``, a :class:`Validation`; it replaces the horizon
+  rollback): the initial theta and then theta every ``validation.every`` outer
+  steps are scored by a fixed validation run; a theta worse than the best
+  validated one is sent back to it and the step size shrinks, and
+  ``state.best_theta`` is the best validated theta, the tuner's product.
+  ``metaopt.tune`` and the tuning study turn it on.
 
   ``init`` refuses a NaN or inf theta when theta is concrete. Under
   ``jax.jit(init)`` it cannot look at the values; every update is then
@@ -98,6 +264,7 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     horizon_windows: windows per horizon, for the rollback (None: no rollback).
     rollback_factor: a horizon's mean loss above this multiple of the best
       horizon's sets theta back.
+    validation: a :class:`Validation` (see above); None: none.
     spread_chains: lay the chains out over the local devices (default: when
       there are several devices and ``num_chains`` divides their number). One
       axis only should be spread: when the chains are, build the estimator
@@ -107,8 +274,9 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
   Returns:
     A :class:`Tuner`. ``info`` holds ``grad`` (flat, averaged), ``chain_grads``
     (num_chains, H), ``chain_variance`` (H,), ``loss`` (chains' mean window
-    loss), ``finite``, every estimator metric averaged over chains, and the
-    post-update ``theta``.
+    loss), ``finite``, every estimator metric averaged over chains, the
+    post-update ``theta``, ``best_loss``, ``validation_loss``, ``step_scale``
+    and ``num_rollbacks``.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, metaopt
@@ -138,6 +306,9 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
   rollback_factor = base.check_float(rollback_factor, "rollback_factor")
   if rollback_factor < 1:
     raise ValueError(f"rollback_factor must be >= 1, got {rollback_factor!r}")
+  if validation is not None:
+    validation = check_validation(validation)
+    horizon_windows = None  # the acceptance test replaces the horizon rollback
   if max_grad_norm is not None:
     meta_optimizer = optax.chain(optax.clip_by_global_norm(max_grad_norm), meta_optimizer)
   if spread_chains is None:
@@ -158,6 +329,9 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     key_chains, key_next = jax.random.split(key)
     theta_vec, _ = base.ravel(theta)
     zeros = jnp.zeros_like(theta_vec)
+    best_losses = (jnp.full((1,), jnp.inf, jnp.float32) if validation is None else
+                   _losses(validation, theta))
+    best_loss = jnp.mean(best_losses)
     return TunerState(
         theta=theta, outer_state=meta_optimizer.init(theta),
         estimator_state=shard(
@@ -166,7 +340,10 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
         num_skipped=jnp.zeros((), jnp.int32), grad_mean=zeros, grad_sq_mean=zeros,
         ema_weight=jnp.zeros((), theta_vec.dtype), horizon_theta=theta,
         horizon_loss=jnp.zeros((), jnp.float32), best_theta=theta,
-        best_loss=jnp.full((), jnp.inf, jnp.float32), num_rollbacks=jnp.zeros((), jnp.int32))
+        best_loss=best_loss, num_rollbacks=jnp.zeros((), jnp.int32),
+        step_scale=jnp.ones((), jnp.float32), validation_loss=best_loss,
+        num_validations=jnp.zeros((), jnp.int32), best_losses=best_losses,
+        initial_losses=best_losses)
 
   def update(state):
     check_state(state)
@@ -184,6 +361,7 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     safe_grad = jnp.where(finite, grad, 0.0)
     updates, outer_state = meta_optimizer.update(unravel(safe_grad), state.outer_state,
                                                  state.theta)
+    updates = jax.tree.map(lambda u: (u * state.step_scale).astype(u.dtype), updates)
     theta = optax.apply_updates(state.theta, updates)
     # A finite hypergradient can still overflow theta (a huge step) or the meta-optimiser's state
     # (|g| ~ 1e28 squares to inf in Adam's second moment, which would freeze theta for good):
@@ -204,14 +382,26 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
     grad_sq_mean = jnp.where(finite,
                              ema_decay * state.grad_sq_mean + (1 - ema_decay) * safe_grad**2,
                              state.grad_sq_mean)
-    rollback = _rollback(state, theta, jnp.mean(metrics["loss"]).astype(jnp.float32),
-                         horizon_windows, rollback_factor)
+    if validation is None:
+      rollback = _rollback(state, theta, jnp.mean(metrics["loss"]).astype(jnp.float32),
+                           horizon_windows, rollback_factor)
+    else:
+      if validation.radius is not None:  # a trust region around the best validated theta
+        r = validation.radius * state.step_scale
+        theta = jax.tree.map(lambda t, b: b + jnp.clip(t - b, -r, r).astype(t.dtype), theta,
+                             state.best_theta)
+      rollback = _accept(state, theta, validation)
     theta = rollback["theta"]
     new_state = TunerState(theta, outer_state, est_state, base.key_data(key_next),
                            state.step + 1, state.num_skipped + (~finite).astype(jnp.int32),
                            grad_mean, grad_sq_mean, weight, rollback["horizon_theta"],
                            rollback["horizon_loss"], rollback["best_theta"],
-                           rollback["best_loss"], rollback["num_rollbacks"])
+                           rollback["best_loss"], rollback["num_rollbacks"],
+                           rollback.get("step_scale", state.step_scale),
+                           rollback.get("validation_loss", state.validation_loss),
+                           rollback.get("num_validations", state.num_validations),
+                           rollback.get("best_losses", state.best_losses),
+                           state.initial_losses)
     safe_weight = jnp.maximum(weight, 1e-12)
     ema_mean = grad_mean / safe_weight
     info = {name: jnp.mean(value) for name, value in metrics.items()}
@@ -219,7 +409,8 @@ def tuner(estimator: base.Estimator, meta_optimizer: optax.GradientTransformatio
                 chain_variance=jnp.var(chain_grads, axis=0, ddof=1 if num_chains > 1 else 0),
                 finite=finite, num_skipped=new_state.num_skipped, step=new_state.step,
                 num_rollbacks=new_state.num_rollbacks,
-                theta=base.ravel(theta)[0],
+                theta=base.ravel(theta)[0], best_loss=new_state.best_loss,
+                validation_loss=new_state.validation_loss, step_scale=new_state.step_scale,
                 grad_ema_mean=ema_mean,
                 grad_ema_var=jnp.maximum(grad_sq_mean / safe_weight - ema_mean**2, 0.0))
     return new_state, info
@@ -263,6 +454,39 @@ def _rollback(state, theta, loss, horizon_windows, factor):
               best_theta=best_theta,
               best_loss=jnp.where(better, mean, state.best_loss).astype(jnp.float32),
               num_rollbacks=state.num_rollbacks + worse.astype(jnp.int32))
+
+
+def _losses(check, theta):
+  """The validation's losses of theta, flat and float32."""
+  return jnp.ravel(jnp.asarray(check.validate(theta), jnp.float32))
+
+
+def _paired(losses, reference):
+  """Mean and standard error of the per-example differences ``losses - reference``."""
+  diff = losses - reference
+  se = jnp.std(diff, ddof=1) / math.sqrt(diff.size) if diff.size > 1 else jnp.zeros(())
+  return jnp.mean(diff), se
+
+
+def _accept(state, theta, check):
+  """The acceptance test after one outer step (theta: the updated theta)."""
+  due = (state.step + 1) % check.every == 0
+  losses = jax.lax.cond(due, lambda: _losses(check, theta), lambda: state.best_losses)
+  to_best, se_best = _paired(losses, state.best_losses)
+  to_initial, se_initial = _paired(losses, state.initial_losses)
+  # NaN is never better and always worse.
+  better = due & (to_best < 0) & (to_initial <= -check.significance * se_initial)
+  worse = due & ~better & ~(to_best <= check.significance * se_best
+                            + check.tolerance * jnp.abs(jnp.mean(state.best_losses)))
+  return dict(theta=base.select_tree(worse, state.best_theta, theta),
+              horizon_theta=state.horizon_theta, horizon_loss=state.horizon_loss,
+              best_theta=base.select_tree(better, theta, state.best_theta),
+              best_loss=jnp.where(better, jnp.mean(losses), state.best_loss),
+              best_losses=jnp.where(better, losses, state.best_losses),
+              num_rollbacks=state.num_rollbacks + worse.astype(jnp.int32),
+              step_scale=jnp.where(worse, state.step_scale * check.shrink, state.step_scale),
+              validation_loss=jnp.where(due, jnp.mean(losses), state.validation_loss),
+              num_validations=state.num_validations + due.astype(jnp.int32))
 
 
 def _all_finite(tree) -> jax.Array:
