@@ -494,23 +494,19 @@ def tuning_table(study):
   methods = sorted({m for m, _ in by if not m.startswith(("single:", "current:"))})
   cell = lambda r, k: (f"{r[k]['median']:.3f} [{r[k]['q25']:.3f}, {r[k]['q75']:.3f}]"
                        if r else "")
+  header = lambda first: [f"| {first} | " + " | ".join(
+      f"{b} run{'s' if b != 1 else ''}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+  table = lambda names, k: [f"| {m} | " + " | ".join(cell(by.get((m, b)), k) for b in budgets)
+                            + " |" for m in names]
   lines = ["Held-out test loss of each method's best model so far (chosen by validation loss; "
            "theta0 first), median [25%, 75%] over seeds, by budget (training runs of inner "
            "steps, every particle and every validation run counted):", "",
-           "| method | " + " | ".join(f"{b} runs" for b in budgets) + " |",
-           "|---|" + "---|" * len(budgets)]
-  for m in methods:
-    lines.append(f"| {m} | " + " | ".join(cell(by.get((m, b)), "test_loss") for b in budgets)
-                 + " |")
+           *header("method"), *table(methods, "test_loss")]
   current = sorted({m for m, _ in by if m.startswith("current:")})
   if current:
     lines += ["", "Diagnostic: the online tuner's current theta, retrained (not counted in the "
               "budget; what the tuner would hand on without its best-so-far):", "",
-              "| tuner | " + " | ".join(f"{b} runs" for b in budgets) + " |",
-              "|---|" + "---|" * len(budgets)]
-    for m in current:
-      lines.append(f"| {m} | " + " | ".join(cell(by.get((m, b)), "test_loss")
-                                            for b in budgets) + " |")
+              *header("tuner"), *table(current, "test_loss")]
   lines += ["", "Single-run mode (tuned during ONE training run; at its own cost):", "",
             "| method | runs | seeds | test loss | test accuracy |", "|---|---|---|---|---|"]
   for r in summary["rows"]:
@@ -518,11 +514,7 @@ def tuning_table(study):
       lines.append(f"| {r['method']} | {r['budget_runs']} | {r['seeds']} | "
                    f"{cell(r, 'test_loss')} | {cell(r, 'test_accuracy')} |")
   if any(np.isfinite(r["test_accuracy"]["median"]) for r in summary["rows"]):
-    lines += ["", "Test accuracy, median [25%, 75%]:", "",
-              "| method | " + " | ".join(f"{b} runs" for b in budgets) + " |",
-              "|---|" + "---|" * len(budgets)]
-    for m in methods:
-      lines.append(f"| {m} | " + " | ".join(cell(by.get((m, b)), "test_accuracy")
-                                            for b in budgets) + " |")
+    lines += ["", "Test accuracy, median [25%, 75%]:", "", *header("method"),
+              *table(methods, "test_accuracy")]
   lines += ["", "Goals:", ""] + tuning_goals(summary)
   return "\n".join(lines)

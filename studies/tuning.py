@@ -366,7 +366,7 @@ def run_grid(ctx, seed):
   for b in ctx.budgets:
     shifts = np.linspace(-ctx.search_width, ctx.search_width, b) if b > 1 else np.zeros(1)
     runs = []
-    for i, shift in enumerate(shifts):
+    for shift in shifts:
       key = jax.random.key(EVAL_SEED + seed)  # the keys every method's models train on
       runs.append(dict(_floats(evaluate_shifted(jnp.float32(shift), key)),
                        learning_rate_factor=float(np.exp(shift))))
