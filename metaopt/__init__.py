@@ -10,6 +10,7 @@ from metaopt._src.agent import agent_system
 from metaopt._src.agent import AgentState
 from metaopt._src.agent import AgentSystem
 from metaopt._src import timing
+from metaopt import learned_optimizers
 from metaopt._src.real_time_ppo import Learner
 from metaopt._src.real_time_ppo import real_time_ppo
 from metaopt._src.real_time_ppo import RealTimePPOState
@@ -134,6 +135,7 @@ __all__ = (
     "ForwardGradientState",
     "full_unroll",
     "get_estimator",
+    "learned_optimizers",
     "lock_folder",
     "log_hyperparameters",
     "log_schedule_curves",

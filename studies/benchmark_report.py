@@ -106,7 +106,39 @@ def markdown(results: dict) -> str:
                  f"{1e3 * r['compute_seconds_per_outer_step']:.4f} | "
                  f"{1e3 * r['overhead_seconds']:.4f} | "
                  f"{1e3 * r['python_loop_seconds_per_outer_step']:.4f} |")
+  if "learned_optimizers" in results:
+    out += learned_optimizer_table(results["learned_optimizers"])
   return "\n".join(out) + "\n"
+
+
+# learned_optimization's own times for the same rows (README, "Learned optimizers"; measured on
+# this kind of 2-core machine): (optimizer, estimator, dim) -> ms per outer step.
+LOPT_MS = {("learnable_sgd", "pes", 10): "2.5-2.7", ("learnable_sgd", "pes", 100_000): "199-203",
+           ("learnable_sgd", "tbptt", 10): "5.0-5.1",
+           ("learnable_sgd", "tbptt", 100_000): "143-146",
+           ("mlp_lopt", "pes", 10): "3.75", ("mlp_lopt", "pes", 1_000): "21.1",
+           ("mlp_lopt", "pes", 100_000): "~4,400", ("mlp_lopt", "tbptt", 10): "6.37",
+           ("mlp_lopt", "tbptt", 1_000): "52.5", ("mlp_lopt", "tbptt", 100_000): "~7,900"}
+
+
+def learned_optimizer_table(result: dict) -> list[str]:
+  """The learned-optimizer suite's rows beside learned_optimization's times."""
+  out = [f"### Meta-training, ms per outer step ({result['setting']}; quadratic family)", "",
+         "| optimizer | estimator | dims | one step per call | inside a scanned call | "
+         "first call s | learned_optimization |", "|---|---|---|---|---|---|---|"]
+  for r in result["rows"]:
+    key = (r["optimizer"], r["estimator"], r["dim"])
+    out.append(f"| {r['optimizer']} ({r['num_weights']} weights) | {r['estimator']} | "
+               f"{r['dim']:,} | {1e3 * r['seconds_per_outer_step']:.4g} | "
+               f"{1e3 * r['seconds_per_outer_step_scanned']:.4g} | "
+               f"{r['first_call_seconds']:.2f} | {LOPT_MS.get(key, '-')} |")
+  p = result["per_particle"]
+  out += ["", f"PES with the MLP optimizer on a {p['num_params']}-parameter MNIST-1D MLP "
+          f"({p['num_particles']} particles, K={p['num_steps']}): "
+          f"{1e3 * p['pes_seconds_per_step']:.3f} ms per inner step, "
+          f"{1e3 * p['plain_seconds_per_step']:.3f} ms per plain step: "
+          f"{p['ratio_per_particle']:.2f} plain steps per particle.", ""]
+  return out
 
 
 def plots(results: dict, output_dir: str) -> list[str]:

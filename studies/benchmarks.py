@@ -18,6 +18,7 @@ import jax
 import optax
 
 import metaopt
+from studies import benchmark_lopt
 from studies import benchmark_online
 from studies import benchmark_suites
 
@@ -26,7 +27,8 @@ SUITE_FNS = {"headline": benchmark_suites.headline, "breakdown": benchmark_suite
              "params": benchmark_suites.params, "hyperparams": benchmark_suites.hyperparams,
              "particles": benchmark_suites.particles, "chains": benchmark_online.chains,
              "memory": benchmark_online.memory, "tuner": benchmark_online.tuner,
-             "online_rnn": benchmark_online.online_rnn}
+             "online_rnn": benchmark_online.online_rnn,
+             "learned_optimizers": benchmark_lopt.learned_optimizers}
 SUITES = tuple(SUITE_FNS)
 
 

@@ -1,4 +1,5 @@
-"""Every bad flag value of launch.tune, launch.online_rnn, launch.online_rl and launch.benchmark is
+"""Every bad flag value of launch.tune, launch.meta_train, launch.online_rnn, launch.online_rl and
+launch.benchmark is
 refused by the
 script's validate_flags() with one line naming the flag, before any file is written.
 
@@ -27,6 +28,9 @@ BASE = {
     "online_rl": ["--env=repeat_first", "--hidden_size=4", "--num_envs=2", "--seeds=2",
                   "--train_steps=20", "--log_every=10", "--cells=rtu_linear,elstm",
                   "--estimators=rtrl_elementwise,tbptt[num_steps=2]", "--logdir={case}/run"],
+    "meta_train": ["--family=quadratic", "--family_option=dim=4", "--horizon=20", "--num_steps=5",
+                   "--num_tasks=2", "--outer_steps=4", "--num_test_tasks=2",
+                   "--logdir={case}/run"],
     "benchmark": ["--suites=headline", "--estimators=tbptt", "--sweep_estimators=tbptt",
                   "--memory_estimators=tbptt", "--repeats=1", "--output_dir={case}/out"],
 }
@@ -34,6 +38,44 @@ PES = "--estimator=pes"
 # (extra flags, the flag the message must name). Each case folder holds file.txt, outside/ and
 # link -> outside/target.txt beforehand; nothing in it may change.
 CASES = {
+    "meta_train": [
+        (["--family=mnist"], "family"), (["--family="], "family"),
+        (["--family_option=dim=0"], "family_option"), (["--family_option=dim=abc"], "family_option"),
+        (["--family_option=noequals"], "family_option"), (["--family_option=dimm=3"], "family_option"),
+        (["--learned_optimizer=lstm"], "learned_optimizer"),
+        (["--learned_optimizer_option=hidden=(0,)"], "learned_optimizer_option"),
+        (["--learned_optimizer_option=decays=(1.5,)"], "learned_optimizer_option"),
+        (["--learned_optimizer_option=step_mult=-1"], "learned_optimizer_option"),
+        (["--learned_optimizer_option=bogus=1"], "learned_optimizer_option"),
+        (["--estimator=rtrl"], "estimator"), (["--estimator=uoro"], "estimator"),
+        (["--estimator="], "estimator"), (["--estimator=pes[num_particles=3]"], "estimator"),
+        (["--horizon=0"], "horizon"), (["--horizon=-1"], "horizon"), (["--horizon=abc"], "horizon"),
+        (["--num_steps=0"], "num_steps"), (["--num_steps=7"], "num_steps"),
+        (["--num_particles=3"], "num_particles"), (["--num_particles=0"], "num_particles"),
+        (["--sigma=0"], "sigma"), (["--sigma=nan"], "sigma"), (["--sigma=-1"], "sigma"),
+        (["--num_tasks=0"], "num_tasks"), (["--num_tasks=-1"], "num_tasks"),
+        (["--num_tasks=1000000000000"], "num_tasks"),
+        (["--meta_optimizer=adamw"], "meta_optimizer"),
+        (["--meta_lr=0"], "meta_lr"), (["--meta_lr=-1"], "meta_lr"), (["--meta_lr=nan"], "meta_lr"),
+        (["--meta_lr=inf"], "meta_lr"),
+        (["--max_grad_norm=-1"], "max_grad_norm"), (["--max_grad_norm=nan"], "max_grad_norm"),
+        (["--outer_steps=0"], "outer_steps"), (["--seed=-1"], "seed"), (["--seed=" + BIG], "seed"),
+        (["--checkpoint_every=-1"], "checkpoint_every"), (["--test_every=-1"], "test_every"),
+        (["--log_every=0"], "log_every"), (["--num_test_tasks=0"], "num_test_tasks"),
+        (["--validate_every=-1"], "validate_every"), (["--shrink=0"], "shrink"),
+        (["--shrink=1.5"], "shrink"), (["--shrink=nan"], "shrink"),
+        (["--num_validation_tasks=0"], "num_validation_tasks"),
+        (["--adam_lrs=abc"], "adam_lrs"), (["--adam_lrs=0"], "adam_lrs"),
+        (["--adam_lrs=-1e-3"], "adam_lrs"), (["--adam_lrs="], "adam_lrs"),
+        (["--sgd_lrs=nan"], "sgd_lrs"),
+        (["--num_processes=0"], "num_processes"), (["--process_id=1"], "process_id"),
+        (["--process_id=-1"], "process_id"),
+        (["--coordinator_address=127.0.0.1:1234"], "coordinator_address"),
+        (["--num_processes=2"], "coordinator_address"),
+        (["--num_processes=2", "--coordinator_address=localhost"], "coordinator_address"),
+        (["--logdir={case}/file.txt"], "logdir"), (["--logdir={case}/link"], "logdir"),
+        (["--logdir=/proc/metaopt-cannot-write-here"], "logdir"),
+    ],
     "tune": [
         (["--problem=mnist"], "problem"), (["--problem="], "problem"),
         (["--problem=no_such_module_xyz:make"], "problem"),

@@ -3,6 +3,7 @@
 Select problems by name with :func:`get` and :func:`names`.
 """
 
+from unrolled import families
 from unrolled import schedules
 from unrolled.digits_mlp import digits_data
 from unrolled.digits_mlp import digits_mlp
@@ -29,7 +30,7 @@ from unrolled.registry import register
 from unrolled.toy_regression import toy_regression
 
 __all__ = (
-    "digits_data", "digits_mlp", "get", "Hyperparameter", "influence_balancing", "initial_theta",
+    "digits_data", "digits_mlp", "families", "get", "Hyperparameter", "influence_balancing", "initial_theta",
     "log", "logit", "names", "natural_values", "num_groups", "optax_problem", "optax_system",
     "OptaxState", "options", "parse_options", "Problem", "ProblemError", "register", "scheduled",
     "schedules", "toy_regression", "tune_problem", "validation",
