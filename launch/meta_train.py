@@ -100,7 +100,8 @@ def _check_distributed():
     if _COORDINATOR.value:
       raise app.UsageError("--coordinator_address is for --num_processes > 1")
     return
-  if not _COORDINATOR.value or not re.fullmatch(r"[^\s:]+:\d{1,5}", _COORDINATOR.value):
+  if (not _COORDINATOR.value or not re.fullmatch(r"[^\s:]+:\d{1,5}", _COORDINATOR.value)
+      or not 0 < int(_COORDINATOR.value.rsplit(":", 1)[1]) < 65536):
     raise app.UsageError(f"--coordinator_address must be host:port with --num_processes > 1, "
                          f"got {_COORDINATOR.value!r}")
   import jax  # pylint: disable=g-import-not-at-top
@@ -236,10 +237,13 @@ def main(argv):
         test_every=_TEST_EVERY.value, test=test, validation=validation, config=config)
   except (metaopt.RunFolderError, metaopt.checkpoint.CheckpointError) as e:
     raise app.UsageError(f"--{e}" if str(e).startswith("logdir") else f"--logdir: {e}") from None
-  if _COMPARE.value and meta_training.is_main():
+  if _COMPARE.value:
+    # Every process compares (local work, no collective): none waits alone at the shutdown
+    # barrier, which times out; process 0 writes.
     comparison = meta_training.compare(
         family, lopt, result.theta, num_tasks=_NUM_TEST_TASKS.value, num_steps=_HORIZON.value,
         seed=_SEED.value, adam_lrs=adam_lrs, sgd_lrs=sgd_lrs)
+  if _COMPARE.value and meta_training.is_main():
     paths = meta_training.write_comparison(logdir, comparison)
     print(meta_training.comparison_markdown(comparison) + f"written: {', '.join(paths)}",
           flush=True)

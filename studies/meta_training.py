@@ -138,6 +138,9 @@ def meta_train(system: metaopt.UnrolledSystem, theta: Any, *, estimator: str, nu
     raise ValueError(f"test must be a function of theta, got {metaopt_base.describe(test)}")
   spec = estimator_spec(estimator, num_steps)
   spread = sharding.spreads(num_tasks)
+  if jax.process_count() > 1 and not spread:
+    raise ValueError(f"num_tasks={num_tasks} must be a multiple of the devices of all "
+                     f"processes ({jax.device_count()}), which share the tasks")
   est = metaopt.get_estimator(spec, system, num_steps=num_steps, num_particles=num_particles,
                               sigma=sigma, spread_copies=not spread)
   window = metaopt.window_length(spec, system, num_steps)
@@ -151,9 +154,13 @@ def meta_train(system: metaopt.UnrolledSystem, theta: Any, *, estimator: str, nu
                     num_weights=learned_optimizers.num_weights(theta),
                     validate_every=None if validation is None else validation.every)
 
-  lock, resuming = None, False
+  lock, resuming, refusal = None, False, None
   if logdir is not None and main:
-    lock, resuming = tune_lib._claim(logdir, run_config)  # pylint: disable=protected-access
+    try:
+      lock, resuming = tune_lib._claim(logdir, run_config)  # pylint: disable=protected-access
+    except tune_lib.RunFolderError as e:
+      refusal = e
+  _raise_everywhere(refusal, tune_lib.RunFolderError, "the run folder")
   try:
     state = jax.jit(t.init)(jax.random.key(seed), theta)
     checkpoint_path = None if logdir is None else os.path.join(logdir, CHECKPOINT)
@@ -203,9 +210,24 @@ def _loop(t, state, start, outer_steps, *, window, num_tasks, writer, logdir, ch
   wall_start, call_times, history = time.perf_counter(), [], []
   compile_seconds = None
   step = start
-  test_rows = []
+  previous = _previous_summary(logdir) if is_main() else None
+  # A resumed run keeps the tests its earlier part made up to the checkpoint.
+  test_rows = [r for r in (previous or {}).get("tests", []) if r["step"] <= start]
+
+  def summary_of(step, finished):
+    per_step = float(np.median(call_times)) if call_times else None
+    return {"config": run_config, "outer_steps": outer_steps, "step": step,
+            "finished": finished, "start_step": start, "num_processes": jax.process_count(),
+            "num_devices": jax.device_count(), "wall_seconds": time.perf_counter() - wall_start,
+            "first_call_seconds": compile_seconds, "seconds_per_outer_step": per_step,
+            "final": history[-1] if history else None, "tests": test_rows,
+            "theta_is": "best validated" if validated else "last",
+            "num_skipped": int(np.asarray(state.num_skipped))}
+
   while step < outer_steps:
-    n = min(per_call, outer_steps - step)
+    # Calls end on multiples of per_call, even when a finished run is extended from a step
+    # that is not one: checkpoints, progress lines and tests keep their steps.
+    n = min(per_call - step % per_call, outer_steps - step)
     begin = time.perf_counter()
     state, out = run(state, n)
     out = {k: np.asarray(v) for k, v in out.items()}
@@ -249,22 +271,15 @@ def _loop(t, state, start, outer_steps, *, window, num_tasks, writer, logdir, ch
     if checkpoint_path is not None and ((checkpoint_every and step % checkpoint_every == 0)
                                         or last):
       _save(checkpoint_path, state, run_config)
+      if logdir is not None and is_main() and not last:  # the tests so far survive a kill
+        files.write_atomic(os.path.join(logdir, SUMMARY), _json(summary_of(step, False)))
       if writer is not None:
         writer.flush()
   theta = _host(state.best_theta if validated else state.theta)
-  previous = _previous_summary(logdir)
-  if previous is not None and step == start:  # a finished run rerun: its summary stands
-    return MetaTrainResult(theta, previous)
-  if previous is not None:  # a resumed run: the tests it made before the checkpoint
-    test_rows = [r for r in previous.get("tests", []) if r["step"] <= start] + test_rows
+  if previous is not None and previous.get("finished") and step == start:
+    return MetaTrainResult(theta, previous)  # a finished run rerun: its summary stands
   per_step = float(np.median(call_times)) if call_times else None
-  result = {"config": run_config, "outer_steps": outer_steps, "start_step": start,
-            "num_processes": jax.process_count(), "num_devices": jax.device_count(),
-            "wall_seconds": time.perf_counter() - wall_start,
-            "first_call_seconds": compile_seconds, "seconds_per_outer_step": per_step,
-            "final": history[-1] if history else None, "tests": test_rows,
-            "theta_is": "best validated" if validated else "last",
-            "num_skipped": int(np.asarray(state.num_skipped))}
+  result = summary_of(step, True)
   if logdir is not None and is_main():
     metaopt.checkpoint.save(os.path.join(logdir, THETA), theta, config=run_config)
     files.write_atomic(os.path.join(logdir, SUMMARY), _json(result))
@@ -298,6 +313,12 @@ def _host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def _raise_everywhere(error: Exception | None, kind: type, what: str) -> None:
+  """Process 0's refusal raised on every process (the others would wait in a collective)."""
+  if not _agree(error is None):
+    raise error if error is not None else kind(f"process 0 refused {what} (its output says why)")
+
+
 def _agree(flag: bool) -> bool:
   """Process 0's value of ``flag`` on every process."""
   if jax.process_count() == 1:
@@ -316,9 +337,14 @@ def _restore(path, fresh, run_config):
 
   No checkpoint yet (a run killed before its first one): ``fresh``.
   """
-  loaded = None
+  loaded, refusal = None, None
   if is_main() and os.path.exists(path):
-    loaded = metaopt.checkpoint.restore(path, jax.eval_shape(lambda: fresh), config=run_config)
+    try:
+      loaded = metaopt.checkpoint.restore(path, jax.eval_shape(lambda: fresh),
+                                          config=run_config)
+    except metaopt.checkpoint.CheckpointError as e:
+      refusal = e
+  _raise_everywhere(refusal, metaopt.checkpoint.CheckpointError, "the checkpoint")
   if not _agree(loaded is not None):
     return fresh
   if is_main():

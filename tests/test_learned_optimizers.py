@@ -63,6 +63,23 @@ def test_mlp_lopt_is_lopts_mlp_optimizer(rows):
   assert int(state.count) == 2
 
 
+@pytest.mark.parametrize("hidden", [(), (4,)])
+def test_mlp_lopt_keeps_its_state_types_under_scan(hidden):
+  # bfloat16 parameters, no hidden layer or one: a scan over steps needs fixed carry types.
+  lopt = lo.mlp_lopt(hidden=hidden, second_moment_decays=(0.99,))
+  opt = lopt.optimizer(lopt.init(jax.random.key(0)))
+  params = jnp.ones((300,), jnp.bfloat16)  # the many-rows path too
+
+  def step(carry, _):
+    params, state = carry
+    updates, state = opt.update(jnp.cos(params), state, params)
+    return (optax.apply_updates(params, updates), state), None
+
+  (params, state), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=3)
+  assert params.dtype == jnp.bfloat16 and state.momentum.dtype == jnp.bfloat16
+  assert int(state.count) == 3
+
+
 def test_mlp_lopt_second_moment_features_and_bad_options():
   lopt = lo.mlp_lopt(second_moment_decays=(0.999,), hidden=(8,))
   theta = lopt.init(jax.random.key(0))
@@ -234,6 +251,15 @@ def test_meta_train_resumes_exactly_where_it_stopped(tmp_path):
     _small_run(str(tmp_path), 6, sigma=0.02)
 
 
+def test_an_extended_run_keeps_its_tests_and_its_periods(tmp_path):
+  test = lambda theta: {"norm": jnp.full((2,), sum(jnp.sum(x**2) for x in jax.tree.leaves(theta)))}
+  _small_run(str(tmp_path), 5, test=test, test_every=2)
+  extended = _small_run(str(tmp_path), 8, test=test, test_every=2)
+  # From step 5 the calls end on multiples of 2 again; the first part's tests are kept.
+  assert [r["step"] for r in extended.summary["tests"]] == [2, 4, 5, 6, 8]
+  assert extended.summary["finished"] and extended.summary["start_step"] == 5
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"estimator": "rtrl"}, "meta-training takes one of"), ({"outer_steps": 0}, "outer_steps"),
     ({"num_tasks": 0}, "num_tasks"), ({"log_every": -1}, "log_every"),
@@ -287,6 +313,14 @@ def test_two_processes_give_the_one_process_meta_gradient(tmp_path, free_port):
   assert float(sum(jnp.sum(g**2) for g in jax.tree.leaves(grad_one))) > 0
   chex.assert_trees_all_close(grad_two, grad_one, rtol=1e-4, atol=1e-6)
   assert not os.path.exists(tmp_path / "two" / "comparison.json")
+  # A run folder process 0 refuses (another configuration) is refused by both, promptly.
+  changed = [a if not a.startswith("--horizon") else "--horizon=6" for a in common]
+  procs = [_launch(changed + [f"--logdir={tmp_path}/two", "--num_processes=2",
+                              f"--process_id={i}", address]) for i in range(2)]
+  outputs = [p.communicate(timeout=120)[0] for p in procs]
+  assert [p.returncode for p in procs] == [1, 1], outputs
+  assert "different configuration" in outputs[0].strip().splitlines()[-1], outputs[0]
+  assert "process 0 refused the run folder" in outputs[1].strip().splitlines()[-1], outputs[1]
 
 
 @pytest.mark.slow

@@ -34,6 +34,8 @@ def mlp_classifier_family(*, name: str, data: str, x_train: np.ndarray, y_train:
   if unknown or not activations:
     raise ValueError(f"activations must be among {sorted(ACTIVATIONS)}, got {list(activations)}")
   batch_size = base.check_count(batch_size, "batch_size")
+  if not (isinstance(init_scales, (tuple, list)) and len(init_scales) == 2):
+    raise ValueError(f"init_scales must be a pair (low, high), got {init_scales!r}")
   low, high = (base.check_float(s, "init_scales") for s in init_scales)
   if low > high:
     raise ValueError(f"init_scales must be (low, high) with low <= high, got {init_scales}")

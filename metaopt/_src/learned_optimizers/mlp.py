@@ -68,7 +68,7 @@ def mlp_lopt(*, hidden: Sequence[int] = DEFAULT_HIDDEN,
   Adafactor-MLP optimizer feeds its MLP), all normalised like the rest.
 
   Args:
-    hidden: the hidden layers' widths.
+    hidden: the hidden layers' widths (``()``: the inputs' linear map).
     decays: the momentum accumulators' decays, each in [0, 1).
     second_moment_decays: the squared-gradient accumulators' decays.
     timescales: the step features' timescales s, ``tanh(t / s - 1)``.
@@ -91,10 +91,11 @@ def mlp_lopt(*, hidden: Sequence[int] = DEFAULT_HIDDEN,
     >>> jax.tree.map(jnp.shape, updates)
     {'b': (2,), 'w': (3, 2)}
   """
-  hidden = tuple(base.check_count(h, "hidden") for h in hidden)
+  hidden = tuple(base.check_count(h, "hidden") for h in _sequence(hidden, "hidden"))
   decays = _check_decays(decays, "decays")
   second_moment_decays = _check_decays(second_moment_decays, "second_moment_decays")
-  timescales = tuple(base.check_float(s, "timescales") for s in timescales)
+  timescales = tuple(base.check_float(s, "timescales") for s in _sequence(timescales,
+                                                                          "timescales"))
   exp_mult = base.check_float(exp_mult, "exp_mult")
   step_mult = base.check_float(step_mult, "step_mult")
   num_features = 2 + len(decays) + (2 + len(decays)) * len(second_moment_decays)
@@ -122,24 +123,30 @@ def mlp_lopt(*, hidden: Sequence[int] = DEFAULT_HIDDEN,
     def opt_update(grads, state, params=None):
       if params is None:
         raise ValueError("mlp_lopt's update needs params (its features include them)")
-      momentum = jax.tree.map(lambda m, g: decay_arr * m + (1 - decay_arr) * g[..., None],
-                              state.momentum, grads)
+      if not jax.tree.leaves(params):
+        raise ValueError("mlp_lopt's update got params with no arrays")
+      params = jax.tree.map(jnp.asarray, params)
+      grads = jax.tree.map(jnp.asarray, grads)
+      # In the accumulators' own dtype: a scan over training steps needs the state's types fixed.
+      momentum = jax.tree.map(
+          lambda m, g: (decay_arr * m + (1 - decay_arr) * g[..., None]).astype(m.dtype),
+          state.momentum, grads)
       second = jax.tree.map(
-          lambda v, g: sm_decay_arr * v + (1 - sm_decay_arr) * jnp.square(g)[..., None],
-          state.second_moment, grads)
+          lambda v, g: (sm_decay_arr * v + (1 - sm_decay_arr) * jnp.square(g)[..., None]
+                        ).astype(v.dtype), state.second_moment, grads)
       leaves, treedef = jax.tree.flatten(params)
       features = []
       for p, g, m, v in zip(leaves, treedef.flatten_up_to(grads), treedef.flatten_up_to(momentum),
                             treedef.flatten_up_to(second)):
-        columns = [p.reshape(-1, 1), g.reshape(-1, 1), m.reshape(-1, len(decays))]
+        columns = [p.reshape(p.size, 1), g.reshape(p.size, 1), m.reshape(p.size, len(decays))]
         if second_moment_decays:
           # Per second-moment decay: its root, and the gradient and every momentum divided by
           # it (Adam's and RMSprop's directions are then linear in the inputs).
           # eps inside the root (Adam's eps_root): sqrt'(0) is infinite, and a unit that never
           # gets a gradient (a masked one) would make the meta-gradient NaN.
-          v = v.reshape(-1, len(second_moment_decays)) + 1e-12
+          v = v.reshape(p.size, len(second_moment_decays)) + 1e-12
           rms, inverse = jnp.sqrt(v), jax.lax.rsqrt(v)
-          scaled = jnp.concatenate([g.reshape(-1, 1), m.reshape(-1, len(decays))], axis=1)
+          scaled = jnp.concatenate([g.reshape(p.size, 1), m.reshape(p.size, len(decays))], axis=1)
           columns += [rms, (scaled[:, :, None] * inverse[:, None, :]).reshape(p.size, -1)]
         features.append(_normalise(jnp.concatenate(columns, axis=1).astype(jnp.float32)))
       x = jnp.concatenate(features, axis=0) if len(features) > 1 else features[0]
@@ -148,17 +155,20 @@ def mlp_lopt(*, hidden: Sequence[int] = DEFAULT_HIDDEN,
       time_row = jnp.tanh(t / scales - 1.0)
       first = layers[0]
       h = x @ first["w"][:num_features] + (first["b"] + time_row @ first["w"][num_features:])
-      for layer in layers[1:-1]:
-        h = jax.nn.relu(h) @ layer["w"] + layer["b"]
-      h, last = jax.nn.relu(h), layers[-1]
-      if x.shape[0] >= _MANY_ROWS:
-        # Two outputs: as two multiply-reduce fusions XLA's CPU backend runs ~3x faster than a
-        # (rows, hidden) x (hidden, 2) matmul (measured at 16 x 1,000 rows); slower for few rows.
-        direction = jnp.sum(h * last["w"][:, 0], axis=-1) + last["b"][0]
-        magnitude = jnp.sum(h * last["w"][:, 1], axis=-1) + last["b"][1]
+      if len(layers) == 1:  # no hidden layer: the first layer is the output layer
+        direction, magnitude = h[:, 0], h[:, 1]
       else:
-        out = h @ last["w"] + last["b"]
-        direction, magnitude = out[:, 0], out[:, 1]
+        for layer in layers[1:-1]:
+          h = jax.nn.relu(h) @ layer["w"] + layer["b"]
+        h, last = jax.nn.relu(h), layers[-1]
+        if x.shape[0] >= _MANY_ROWS:
+          # Two outputs: as two multiply-reduce fusions XLA's CPU backend runs ~3x faster than
+          # a (rows, hidden) x (hidden, 2) matmul (measured at 16 x 1,000 rows); slower for few.
+          direction = jnp.sum(h * last["w"][:, 0], axis=-1) + last["b"][0]
+          magnitude = jnp.sum(h * last["w"][:, 1], axis=-1) + last["b"][1]
+        else:
+          out = h @ last["w"] + last["b"]
+          direction, magnitude = out[:, 0], out[:, 1]
       steps = direction * jnp.exp(magnitude * exp_mult) * step_mult
       updates, start = [], 0
       for p in leaves:
@@ -172,9 +182,16 @@ def mlp_lopt(*, hidden: Sequence[int] = DEFAULT_HIDDEN,
   return LearnedOptimizer(init, optimizer, "mlp_lopt")
 
 
+def _sequence(values, name: str) -> tuple:
+  """``values`` as a tuple, or a ValueError naming ``name`` (a lone number is a common slip)."""
+  if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+    raise ValueError(f"{name} must be a sequence (e.g. a tuple), got {base.describe(values)}")
+  return tuple(values)
+
+
 def _check_decays(values: Sequence[float], name: str) -> tuple[float, ...]:
   out = []
-  for value in values:
+  for value in _sequence(values, name):
     value = base.check_float(value, name, positive=False)
     if not 0 <= value < 1:
       raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
