@@ -70,13 +70,16 @@ def test_unknown_suites_are_refused():
     benchmarks.check(CONFIG, ["headline", "speed"])
 
 
-@pytest.mark.slow
 def test_step_breakdown_backward_pieces_cost_more_than_the_primal_step():
+  # XLA's FLOP counts, not wall-clock times: a timing ratio (1.2x) failed a CI run at 1.10 while
+  # another job shared the cores. The timed breakdown stays in the benchmark.
   problem = unrolled.digits_mlp(width=64, depth=1, horizon=20)
-  pieces = metaopt.timing.step_breakdown(problem.system, problem.theta, num_steps=20, repeats=5)
+  pieces = metaopt.timing.step_breakdown(problem.system, problem.theta, num_steps=20, repeats=1,
+                                         measure="flops")
   primal = pieces.pop("primal step")
-  for name, seconds in pieces.items():  # each also runs the primal step, plus a pass
-    assert seconds > 1.2 * primal, (name, seconds, primal)
+  assert primal > 0
+  for name, flops in pieces.items():  # each also runs the primal step, plus a pass
+    assert flops > 1.2 * primal, (name, flops, primal)
 
 
 @pytest.fixture(scope="module")

@@ -176,13 +176,16 @@ def peak_bytes(fn: Callable, *args) -> int:
 
 
 def step_breakdown(system: base.UnrolledSystem, theta: PyTree, *, num_steps: int,
-                   repeats: int) -> dict[str, float]:
-  """Seconds per inner step of the pieces estimators are made of, timed interleaved.
+                   repeats: int, measure: str = "seconds") -> dict[str, float]:
+  """Seconds (or FLOPs) per inner step of the pieces estimators are made of, timed interleaved.
 
   Each piece is scanned over ``num_steps`` steps as a function of the float
   state leaves and flat theta: ``"primal step"`` (the step alone), ``"JVP
   w.r.t. state"``, ``"linearize + JVP"``, ``"VJP of loss w.r.t. theta"`` and
   ``"VJP of step w.r.t. state"`` (what tbptt's backward pass does per step).
+  With ``measure="flops"`` nothing is timed: each piece of one step is
+  compiled and XLA's own count (``cost_analysis()["flops"]``) is returned, a
+  number another job on the machine cannot change.
 
   Examples:
     >>> import jax.numpy as jnp, metaopt
@@ -230,6 +233,16 @@ def step_breakdown(system: base.UnrolledSystem, theta: PyTree, *, num_steps: int
   pieces = {"primal step": primal, "JVP w.r.t. state": jvp_state,
             "linearize + JVP": linearize_jvp, "VJP of loss w.r.t. theta": vjp_theta_loss,
             "VJP of step w.r.t. state": vjp_state}
+  if measure == "flops":
+    def flops(piece):
+      def one(fl):
+        return piece(base.flat_step(system, split, unravel, others, keys[0]), fl)
+      cost = jax.jit(one).lower(floats0).compile().cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one per module
+      return float(cost["flops"])
+    return {name: flops(p) for name, p in pieces.items()}
+  if measure != "seconds":
+    raise ValueError(f"measure must be 'seconds' or 'flops', got {measure!r}")
   fns = [scanned(p) for p in pieces.values()]
   args = [lambda out: (floats0 if out is None else out,)] * len(fns)
   times = interleaved_medians(fns, args, repeats=repeats)
