@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
 
 import metaopt
 import unrolled
@@ -85,6 +86,23 @@ def test_without_logdir_nothing_is_written_and_a_summary_comes_back(tmp_path, mo
   assert set(result.summary["untuned"]) == {"meta_loss_mean", "meta_loss_last"}
   assert result.summary["tuned"]["meta_loss_mean"] < result.summary["untuned"]["meta_loss_mean"]
   assert result.summary["theta_names"] == ["theta"]
+
+
+def test_a_hyperparameters_function_written_with_numpy_works(tmp_path):
+  # A display function a user writes with numpy (nothing forbids it) runs on host values; the
+  # same values as a jnp one, in the summary and in TensorBoard.
+  with_numpy = lambda theta: {"rate": np.exp(np.asarray(theta))}
+  with_jnp = lambda theta: {"rate": jnp.exp(theta)}
+  results = [metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=6, logdir=tmp_path / name,
+                          hyperparameters=fn, **QUIET)
+             for name, fn in (("numpy", with_numpy), ("jnp", with_jnp))]
+  np.testing.assert_allclose(results[0].summary["hyperparameters"]["rate"],
+                             results[1].summary["hyperparameters"]["rate"], rtol=1e-6)
+  logged = [[float(tensor_util.make_ndarray(e.tensor_proto))
+             for e in tags(str(tmp_path / name)).Tensors("hyperparameters/rate")]
+            for name in ("numpy", "jnp")]
+  assert len(logged[0]) == 6
+  np.testing.assert_allclose(logged[0], logged[1], rtol=1e-6)
 
 
 def test_an_interrupted_run_resumes_to_the_same_theta_and_steps(tmp_path, capsys):

@@ -16,7 +16,8 @@ class Problem(NamedTuple):
     description: one short paragraph: what it is and where it comes from.
     hyperparameters: ``hyperparameters(theta) -> dict`` of theta in natural
       units (a learning rate, not its log; a schedule as its curve over the
-      horizon), for logs and summaries.
+      horizon), for logs and summaries. jnp code is jitted with the logging;
+      code that converts theta with numpy works too (called on host values).
     evaluate: optional ``evaluate(inner_state) -> dict`` of scalars (e.g.
       validation loss and accuracy of the trained parameters).
     num_params: how many numbers the inner loop trains (the model's weights,

@@ -166,7 +166,9 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
       horizon.
     hyperparameters: ``hyperparameters(theta) -> dict`` in natural units
       (a schedule as ``<name>_curve`` and ``<name>_knots``); default: theta's
-      own leaves.
+      own leaves. Written in jnp it is jitted with the logging; one that
+      converts theta with numpy (``np.asarray``) is called on host values
+      instead, one theta at a time.
     compare: at the end, train one fresh horizon with the initial and with the
       tuned theta on the same keys and print both.
     description: one paragraph printed first.
@@ -309,7 +311,7 @@ def _outer_loop(t, state, start, outer_steps, *, system, theta0, window, evaluat
   chunk = steps_per_call(math.gcd(checkpoint_every, log_every))
   image_every = image_every or log_every
   unravel = base.ravel(theta0)[1]
-  natural = jax.jit(jax.vmap(lambda flat: hyperparameters(unravel(flat))))
+  natural = _natural(hyperparameters, unravel, theta0)
   template = jax.eval_shape(system.init, jax.random.key(0), theta0)
   evaluate_one = jax.jit(lambda s: evaluate(one_inner_state(s.estimator_state.inner, template))
                          ) if evaluate else None
@@ -365,6 +367,22 @@ def _outer_loop(t, state, start, outer_steps, *, system, theta0, window, evaluat
            + f"{1e3 * per_step:.3g} ms/step, ETA {_duration(per_step * (outer_steps - step))}")
   run_seconds = sum(c[1] for c in calls)
   return state, compile_seconds + run_seconds
+
+
+def _natural(hyperparameters, unravel, theta0):
+  """``hyperparameters`` of a stack of flat thetas: jitted and vmapped when it traces; called on
+  host values, one theta at a time, when it converts its input with numpy (a display function
+  may: it only ever sees values)."""
+  try:
+    jax.eval_shape(hyperparameters, theta0)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError,
+          jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError):
+    def on_host(flats):
+      rows = [jax.device_get(hyperparameters(jax.device_get(unravel(jax.numpy.asarray(flat)))))
+              for flat in np.asarray(flats)]
+      return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *rows)
+    return on_host
+  return jax.jit(jax.vmap(lambda flat: hyperparameters(unravel(flat))))
 
 
 def _compile(t, state, sizes, warm_up, verbose):
