@@ -22,12 +22,15 @@ Suites (``--suites``, all by default; ``studies.benchmark_suites`` and
                T = 20, 200, 2000, with full_bptt's rematerialisation trade;
   tuner        wall time per outer step beyond the estimator's compute, on a 10-D quadratic;
   online_rnn   rtrl_elementwise / uoro / tbptt (and generic rtrl at 32 units) on an online eLSTM
-               against its hidden size, seconds per step and ratio.
+               against its hidden size, seconds per step and ratio;
+  learned_optimizers  meta-training's ms per outer step (learnable SGD and the MLP optimizer, PES
+               and tbptt, 10 to 100,000 dims) beside learned_optimization's, and PES's cost per
+               particle with the MLP optimizer (studies.benchmark_lopt; ~4 min).
 
 Writes results.json (after every suite), results.md and PNG plots to --output_dir.
 
 Usage:
-  python -m launch.benchmark                                   # everything (~15 min on 2 cores)
+  python -m launch.benchmark                                   # everything (~13 min on 2 cores)
   python -m launch.benchmark --suites=headline --repeats=20
 """
 
