@@ -2,14 +2,11 @@ r"""Meta-train a learned optimizer over a family of tasks; compare it on held-ou
 
 Examples:
   python -m launch.meta_train --flagfile=launch/configs/meta_train_mnist1d_mlp.flags
-  python -m launch.meta_train --family=quadratic --family_option=dim=10 \
-      --learned_optimizer=mlp_lopt --estimator=pes --horizon=100 --num_steps=10
+  python -m launch.meta_train --family=quadratic --family_option=dim=10 --estimator=pes
 
-Across processes (here two on one machine; on several machines, the first
-machine's address and every process's own --process_id):
+Across processes, one command per process, each with its own --process_id and all
+with process 0's address (README, "Learned optimizers"):
   python -m launch.meta_train --flagfile=... --num_processes=2 --process_id=0 \
-      --coordinator_address=10.0.0.1:29517 &
-  python -m launch.meta_train --flagfile=... --num_processes=2 --process_id=1 \
       --coordinator_address=10.0.0.1:29517
 
 Rerunning the same command on an existing --logdir resumes from its last
@@ -205,14 +202,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   family, lopt, system, theta, logdir, adam_lrs, sgd_lrs = validate_flags()
+  import jax  # pylint: disable=g-import-not-at-top  (after the distributed runtime started)
   import metaopt  # pylint: disable=g-import-not-at-top
   from studies import meta_training  # pylint: disable=g-import-not-at-top
-
   meta_optimizer = metaopt.meta_optimizer(
       _META_OPTIMIZER.value, _META_LR.value, max_grad_norm=_MAX_GRAD_NORM.value or None,
       decay_steps=None)
   test = meta_training.evaluation_fn(family, lopt, num_tasks=_NUM_TEST_TASKS.value,
-                               num_steps=_HORIZON.value, seed=_SEED.value)
+                                     num_steps=_HORIZON.value, seed=_SEED.value)
   validation = None if not _VALIDATE_EVERY.value else meta_training.validation(
       family, lopt, num_tasks=_NUM_VALIDATION_TASKS.value, num_steps=_HORIZON.value,
       seed=_SEED.value, every=_VALIDATE_EVERY.value, shrink=_SHRINK.value)
@@ -237,18 +234,15 @@ def main(argv):
         test_every=_TEST_EVERY.value, test=test, validation=validation, config=config)
   except (metaopt.RunFolderError, metaopt.checkpoint.CheckpointError) as e:
     raise app.UsageError(f"--{e}" if str(e).startswith("logdir") else f"--logdir: {e}") from None
-  if _COMPARE.value:
-    # Every process compares (local work, no collective): none waits alone at the shutdown
-    # barrier, which times out; process 0 writes.
+  if _COMPARE.value:  # on every process (local work): none waits alone at the shutdown barrier
     comparison = meta_training.compare(
         family, lopt, result.theta, num_tasks=_NUM_TEST_TASKS.value, num_steps=_HORIZON.value,
         seed=_SEED.value, adam_lrs=adam_lrs, sgd_lrs=sgd_lrs)
-  if _COMPARE.value and meta_training.is_main():
-    paths = meta_training.write_comparison(logdir, comparison)
-    print(meta_training.comparison_markdown(comparison) + f"written: {', '.join(paths)}",
-          flush=True)
+    if meta_training.is_main():
+      paths = meta_training.write_comparison(logdir, comparison)
+      print(meta_training.comparison_markdown(comparison) + f"written: {', '.join(paths)}",
+            flush=True)
   if _NUM_PROCESSES.value > 1:
-    import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.shutdown()
 
 
