@@ -278,8 +278,8 @@ def _loop(t, state, start, outer_steps, *, window, num_tasks, writer, logdir, ch
   theta = _host(state.best_theta if validated else state.theta)
   if previous is not None and previous.get("finished") and step == start:
     return MetaTrainResult(theta, previous)  # a finished run rerun: its summary stands
-  per_step = float(np.median(call_times)) if call_times else None
   result = summary_of(step, True)
+  per_step = result["seconds_per_outer_step"]
   if logdir is not None and is_main():
     metaopt.checkpoint.save(os.path.join(logdir, THETA), theta, config=run_config)
     files.write_atomic(os.path.join(logdir, SUMMARY), _json(result))
