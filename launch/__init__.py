@@ -40,7 +40,7 @@ def run(main) -> None:
 
 
 class _Weights:
-  """``metaopt.state_bytes`` of the weights themselves: an 'estimator' whose state is theta."""
+  """``metaopt.devices.state_bytes`` of the weights themselves: an 'estimator' whose state is theta."""
   init = staticmethod(lambda key, theta: theta)
 
 
@@ -50,7 +50,7 @@ WEIGHTS = _Weights()
 def check_bytes(nbytes: int, what: str, flags_named: str, *, working_factor: int = 4) -> None:
   """Refuses (``app.UsageError`` naming ``flags_named``) what would not fit in memory."""
   import metaopt  # pylint: disable=g-import-not-at-top  (keeps `launch` import light)
-  have = metaopt.available_bytes()
+  have = metaopt.devices.available_bytes()
   if have is not None and working_factor * nbytes > have:
     raise app.UsageError(f"{flags_named}: {what} need about "
                          f"{working_factor * nbytes / 2**30:.3g} GiB with working memory; "

@@ -47,7 +47,7 @@ import launch
 from absl import flags
 
 import metaopt
-from metaopt import write_atomic
+from metaopt.files import write_atomic
 from studies import benchmark_online
 from studies import benchmark_report
 from studies import benchmark_suites
@@ -153,7 +153,7 @@ def validate_flags():
   output_dir = _OUTPUT_DIR.value or os.path.join(
       "runs", f"benchmark-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
   try:
-    metaopt.make_folder(output_dir)
+    metaopt.files.make_folder(output_dir)
   except OSError as e:
     raise app.UsageError(f"--output_dir {output_dir!r} is not writable: {e}") from None
   return config, output_dir
@@ -164,9 +164,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config, output_dir = validate_flags()
   try:
-    lock = metaopt.lock_folder(output_dir)  # pylint: disable=unused-variable  # held to the end
-    metaopt.remove_stale_temporaries(output_dir)
-    metaopt.refuse_links(output_dir, ["results.json", "results.md"])
+    lock = metaopt.files.lock_folder(output_dir)  # pylint: disable=unused-variable  # held to the end
+    metaopt.files.remove_stale_temporaries(output_dir)
+    metaopt.files.refuse_links(output_dir, ["results.json", "results.md"])
   except OSError as e:
     raise app.UsageError(f"--output_dir: {e.strerror or e}") from None
   save = lambda results: write_atomic(os.path.join(output_dir, "results.json"),

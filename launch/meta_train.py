@@ -177,7 +177,7 @@ def validate_flags():
   try:
     est = metaopt.get_estimator(_ESTIMATOR.value, system, num_steps=_NUM_STEPS.value,
                                 num_particles=_NUM_PARTICLES.value, sigma=_SIGMA.value)
-    metaopt.check_memory(est, theta, num_chains=_NUM_TASKS.value, what="--num_tasks")
+    metaopt.devices.check_memory(est, theta, num_chains=_NUM_TASKS.value, what="--num_tasks")
   except ValueError as e:
     text = str(e)
     if text.startswith("system.horizon"):
@@ -192,7 +192,7 @@ def validate_flags():
       f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
   if jax.process_index() == 0:
     try:
-      metaopt.make_folder(logdir)
+      metaopt.files.make_folder(logdir)
     except OSError as e:
       raise app.UsageError(f"--logdir {logdir!r} is not writable: {e}") from None
   return family, lopt, system, theta, logdir, adam_lrs, sgd_lrs
@@ -232,7 +232,7 @@ def main(argv):
         meta_optimizer=meta_optimizer, outer_steps=_OUTER_STEPS.value, seed=_SEED.value,
         logdir=logdir, checkpoint_every=_CHECKPOINT_EVERY.value, log_every=_LOG_EVERY.value,
         test_every=_TEST_EVERY.value, test=test, validation=validation, config=config)
-  except (metaopt.RunFolderError, metaopt.checkpoint.CheckpointError) as e:
+  except (metaopt.files.RunFolderError, metaopt.checkpoint.CheckpointError) as e:
     raise app.UsageError(f"--{e}" if str(e).startswith("logdir") else f"--logdir: {e}") from None
   if _COMPARE.value:  # on every process (local work): none waits alone at the shutdown barrier
     comparison = meta_training.compare(

@@ -7,7 +7,14 @@ Examples:
       --estimator=rtrl --num_steps=1 --meta_optimizer=sgd --meta_lr=1e-4 --outer_steps=3000
 
 (mymodel.py, on the Python path, defines make_problem(hidden=32) returning an
-unrolled.Problem; see the README's "Tune your own model".)
+unrolled.Problem; see docs/guides/own_model.md.)
+
+The flags map one to one onto metaopt.tune: --meta_optimizer, --meta_lr,
+--max_grad_norm, --max_update, --warmup_steps and --decay_steps onto
+metaopt.meta_optimizer(name, learning_rate, ...); --logdir, --checkpoint_every,
+--log_every and --image_every onto metaopt.tuning.RunOutput(...); the others
+onto tune's options of the same name (--validate_every, --significance and
+--trust_radius onto its Validation).
 
 Rerunning the same command on an existing --logdir resumes from its last
 checkpoint; a logdir written by a different configuration is refused.
@@ -47,12 +54,12 @@ _SIGMA = flags.DEFINE_float("sigma", 0.01, f"Perturbation scale (> 0) of {_TAKIN
 _NUM_CHAINS = flags.DEFINE_integer("num_chains", 1, "Independent estimator chains, averaged.")
 _META_OPTIMIZER = flags.DEFINE_enum("meta_optimizer", "adam", sorted(metaopt.META_OPTIMIZERS),
                                     "Outer optimiser of theta.")
-_META_LR = flags.DEFINE_float("meta_lr", metaopt.DEFAULT_META_LR, "Outer learning rate.")
+_META_LR = flags.DEFINE_float("meta_lr", metaopt.tuning.DEFAULT_META_LR, "Outer learning rate.")
 _MAX_GRAD_NORM = flags.DEFINE_float("max_grad_norm", None, "Clip the hypergradient's global norm.")
 _MAX_UPDATE = flags.DEFINE_float(
-    "max_update", metaopt.DEFAULT_MAX_UPDATE,
+    "max_update", metaopt.tuning.DEFAULT_MAX_UPDATE,
     "Bound on each coordinate of theta's change per outer step (0: no bound).")
-_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", metaopt.DEFAULT_WARMUP_STEPS,
+_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", metaopt.tuning.DEFAULT_WARMUP_STEPS,
                                      "Outer steps of linear meta learning-rate warm-up.")
 _ROLLBACK = flags.DEFINE_float(
     "rollback_factor", 1.5, "With --validate_every=0 only: after a horizon whose mean loss "
@@ -62,16 +69,16 @@ _VALIDATE_EVERY = flags.DEFINE_integer(
     "at fixed theta; default: one horizon; 0: no validation). The tuned theta is the best "
     "validated one; a theta worse than it by more than the noise is sent back to it.")
 _TRUST_RADIUS = flags.DEFINE_float(
-    "trust_radius", metaopt.DEFAULT_TRUST_RADIUS, "Every coordinate of theta (log / logit units) "
+    "trust_radius", metaopt.tuning.DEFAULT_TRUST_RADIUS, "Every coordinate of theta (log / logit units) "
     "stays within this of the best validated theta, times the step's shrink (0: none).")
 _SIGNIFICANCE = flags.DEFINE_float(
-    "significance", metaopt.DEFAULT_SIGNIFICANCE, "Standard errors of the paired validation "
+    "significance", metaopt.tuning.DEFAULT_SIGNIFICANCE, "Standard errors of the paired validation "
     "difference a theta must win by to become the best, or lose by to be sent back.")
 _DECAY_STEPS = flags.DEFINE_integer(
-    "decay_steps", metaopt.DEFAULT_DECAY_STEPS, "Time scale (outer steps) of the meta learning "
+    "decay_steps", metaopt.tuning.DEFAULT_DECAY_STEPS, "Time scale (outer steps) of the meta learning "
     "rate's 1/sqrt(1 + t/decay_steps) decay (0: constant).")
 _MODE = flags.DEFINE_enum(
-    "mode", "restarts", list(metaopt.MODES),
+    "mode", "restarts", list(metaopt.tuning.MODES),
     "restarts: the inner training restarts every horizon while tuning goes on; single_run: "
     "tune during ONE training run (the horizon), then report its own final model and a fresh "
     "retrain with the final theta.")
@@ -136,9 +143,9 @@ def validate_flags():
   try:
     estimator = metaopt.get_estimator(_ESTIMATOR.value, problem.system, num_steps=_NUM_STEPS.value,
                                       num_particles=_NUM_PARTICLES.value, sigma=_SIGMA.value)
-    metaopt.check_memory(estimator, problem.theta, num_chains=_NUM_CHAINS.value,
+    metaopt.devices.check_memory(estimator, problem.theta, num_chains=_NUM_CHAINS.value,
                          what="--num_chains")
-    window = metaopt.window_length(_ESTIMATOR.value, problem.system, _NUM_STEPS.value)
+    window = metaopt.horizon.window_length(_ESTIMATOR.value, problem.system, _NUM_STEPS.value)
   except ValueError as e:  # its messages start with the option's name: name the flag that set it
     if str(e).startswith("system."):  # the problem's own value, e.g. horizon=0
       raise app.UsageError(f"--problem_option: {e}") from None
@@ -157,7 +164,7 @@ def validate_flags():
       f"{re.sub(r'[^A-Za-z0-9_.=-]', '_', _ESTIMATOR.value)}-"
       f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
   try:
-    metaopt.make_folder(logdir)
+    metaopt.files.make_folder(logdir)
   except OSError as e:
     raise app.UsageError(f"--logdir {logdir!r} is not writable: {e}") from None
   return problem, logdir
@@ -171,21 +178,26 @@ def main(argv):
     metaopt.tune(
         problem.system, problem.theta, estimator=_ESTIMATOR.value, num_steps=_NUM_STEPS.value,
         num_particles=_NUM_PARTICLES.value, sigma=_SIGMA.value,
-        meta_optimizer=_META_OPTIMIZER.value, meta_lr=_META_LR.value,
-        max_grad_norm=_MAX_GRAD_NORM.value, max_update=_MAX_UPDATE.value or None,
-        warmup_steps=_WARMUP_STEPS.value, decay_steps=_DECAY_STEPS.value or None,
+        # The meta-optimiser's flags, one to one.
+        meta_optimizer=metaopt.meta_optimizer(
+            _META_OPTIMIZER.value, _META_LR.value, max_grad_norm=_MAX_GRAD_NORM.value,
+            max_update=_MAX_UPDATE.value or None, warmup_steps=_WARMUP_STEPS.value,
+            decay_steps=_DECAY_STEPS.value or None),
         rollback_factor=_ROLLBACK.value or None, mode=_MODE.value, outer_steps=_OUTER_STEPS.value,
         validation=_VALIDATE_EVERY.value != 0 and unrolled.validation(
             problem, every=_VALIDATE_EVERY.value or None, seed=(_SEED.value + 1) % 2**32,
             significance=_SIGNIFICANCE.value, radius=_TRUST_RADIUS.value or None),
-        num_chains=_NUM_CHAINS.value, seed=_SEED.value, logdir=logdir,
-        checkpoint_every=_CHECKPOINT_EVERY.value, log_every=_LOG_EVERY.value,
-        image_every=_IMAGE_EVERY.value, max_skipped=_MAX_SKIPPED.value,
+        num_chains=_NUM_CHAINS.value, seed=_SEED.value,
+        # Where and how often the run writes, one to one.
+        output=metaopt.tuning.RunOutput(logdir, checkpoint_every=_CHECKPOINT_EVERY.value,
+                                        log_every=_LOG_EVERY.value,
+                                        image_every=_IMAGE_EVERY.value),
+        max_skipped=_MAX_SKIPPED.value,
         evaluate=problem.evaluate, hyperparameters=problem.hyperparameters,
         compare=_EVALUATE.value, description=problem.description,
         # With metaopt.tune's own settings, what defines the run: a logdir of others is refused.
         config={"problem": _PROBLEM.value, "problem_option": _PROBLEM_OPTION.value})
-  except (metaopt.RunFolderError, metaopt.checkpoint.CheckpointError) as e:
+  except (metaopt.files.RunFolderError, metaopt.checkpoint.CheckpointError) as e:
     raise app.UsageError(f"--{e}" if str(e).startswith("logdir") else f"--logdir: {e}") from None
   except metaopt.TuningStopped as e:
     sys.exit(f"stopped at outer step {e.step}: {e.num_skipped} outer steps had non-finite "

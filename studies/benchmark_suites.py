@@ -66,7 +66,7 @@ def make(spec, system, num_steps, num_particles):
     [20, 40]
   """
   return (metaopt.get_estimator(spec, system, num_steps=num_steps, num_particles=num_particles),
-          metaopt.window_length(spec, system, num_steps))
+          metaopt.horizon.window_length(spec, system, num_steps))
 
 
 def headline(config):

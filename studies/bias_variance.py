@@ -82,8 +82,8 @@ def _sharded_map(fn, keys, batch_size):
     raise ValueError("no sample keys: ask for at least one sample")
   data, impl = jax.random.key_data(keys), jax.random.key_impl(keys)
   batch = min(batch_size, data.shape[0])
-  one_batch = lambda d: metaopt.shard_leading(
-      jax.vmap(lambda k: fn(jax.random.wrap_key_data(k, impl=impl)))(metaopt.shard_leading(d)))
+  one_batch = lambda d: metaopt.devices.shard_leading(
+      jax.vmap(lambda k: fn(jax.random.wrap_key_data(k, impl=impl)))(metaopt.devices.shard_leading(d)))
   num_full = data.shape[0] // batch
   main = jax.lax.map(one_batch, data[:num_full * batch].reshape((num_full, batch) + data.shape[1:]))
   main = main.reshape((num_full * batch,) + main.shape[2:])
@@ -128,7 +128,7 @@ def cached_exact(ctx: Context, problem, num_chains, window):
     grads = exact_grads(problem, ctx.exact, c, keys, window)
     buffer = io.BytesIO()
     np.save(buffer, grads)
-    metaopt.write_atomic(path, buffer.getvalue())
+    metaopt.files.write_atomic(path, buffer.getvalue())
     chains.append(grads)
   return np.mean(chains, axis=0)
 
@@ -175,7 +175,7 @@ def measure(problem, estimator, *, num_steps, num_particles, sigma, num_chains, 
   est = metaopt.get_estimator(estimator, problem.system, num_steps=num_steps,
                               num_particles=num_particles, sigma=sigma)
   # The spec's own options (e.g. rtrl[num_steps=5]) win over the trial's: count what runs.
-  window = metaopt.window_length(estimator, problem.system, num_steps)
+  window = metaopt.horizon.window_length(estimator, problem.system, num_steps)
   keys = sample_keys(seed, num_samples)
   # Compile ahead of time, so the timed call is the computation alone.
   draw = jax.jit(lambda ks: estimates(problem, est, window, num_chains, ks)).lower(keys).compile()
@@ -195,7 +195,7 @@ def measure(problem, estimator, *, num_steps, num_particles, sigma, num_chains, 
 
 
 def inner_steps_per_estimate(estimator, horizon, num_chains, num_particles):
-  return horizon * num_chains * metaopt.copies_per_step(estimator, num_particles)
+  return horizon * num_chains * metaopt.horizon.copies_per_step(estimator, num_particles)
 
 
 def summarise(g, exact, seconds_per_estimate, plain_seconds, inner_steps):
@@ -256,7 +256,7 @@ def objective(ctx: Context):
                       seed=ctx.seed,
                       exact_mean_fn=lambda c, w: cached_exact(ctx, problem, c, w))
     numbers["settings"] = {"estimator": estimator,
-                           "num_steps": metaopt.window_length(estimator, problem.system, num_steps),
+                           "num_steps": metaopt.horizon.window_length(estimator, problem.system, num_steps),
                            "num_particles": num_particles, "sigma": sigma,
                            "num_chains": num_chains}
     for name, value in numbers.items():

@@ -5,7 +5,7 @@ own sampled tasks, one per horizon, with the estimator's particles on it),
 theta is the learned optimizer's weights. Across processes nothing else
 changes either: with JAX's multi-controller runtime (``jax.distributed``)
 ``jax.devices()`` lists every process's devices, the tuner lays its chains
-out over all of them (:func:`metaopt.shard_leading`), and XLA turns the
+out over all of them (:func:`metaopt.devices.shard_leading`), and XLA turns the
 average over chains into a cross-process all-reduce. Every process then holds
 the same theta; process 0 alone writes files.
 """
@@ -26,11 +26,11 @@ import optax
 
 import metaopt
 from metaopt import learned_optimizers
-from metaopt._src import base as metaopt_base
-from metaopt._src import files
-from metaopt._src import sharding
-from metaopt._src import summary
-from metaopt._src import tune as tune_lib
+from metaopt._src.core import base as metaopt_base
+from metaopt._src.files import files
+from metaopt._src.devices import sharding
+from metaopt._src.tensorboard import summary
+from metaopt._src.tuning import run_folder
 from unrolled import families
 
 CHECKPOINT, CONFIG, SUMMARY, THETA = "checkpoint.npz", "config.json", "summary.json", "theta.npz"
@@ -143,7 +143,7 @@ def meta_train(system: metaopt.UnrolledSystem, theta: Any, *, estimator: str, nu
                      f"processes ({jax.device_count()}), which share the tasks")
   est = metaopt.get_estimator(spec, system, num_steps=num_steps, num_particles=num_particles,
                               sigma=sigma, spread_copies=not spread)
-  window = metaopt.window_length(spec, system, num_steps)
+  window = metaopt.horizon.window_length(spec, system, num_steps)
   t = metaopt.tuner(est, meta_optimizer, num_chains=num_tasks, spread_chains=spread,
                     validation=validation)
   main = is_main()
@@ -157,10 +157,10 @@ def meta_train(system: metaopt.UnrolledSystem, theta: Any, *, estimator: str, nu
   lock, resuming, refusal = None, False, None
   if logdir is not None and main:
     try:
-      lock, resuming = tune_lib._claim(logdir, run_config)  # pylint: disable=protected-access
-    except tune_lib.RunFolderError as e:
+      lock, resuming = run_folder.claim(logdir, run_config)
+    except run_folder.RunFolderError as e:
       refusal = e
-  _raise_everywhere(refusal, tune_lib.RunFolderError, "the run folder")
+  _raise_everywhere(refusal, run_folder.RunFolderError, "the run folder")
   try:
     state = jax.jit(t.init)(jax.random.key(seed), theta)
     checkpoint_path = None if logdir is None else os.path.join(logdir, CHECKPOINT)
@@ -386,7 +386,7 @@ def evaluation_fn(family: families.TaskFamily,
 def validation(family: families.TaskFamily,
                learned_optimizer: learned_optimizers.LearnedOptimizer, *, num_tasks: int,
                num_steps: int, seed: int, every: int,
-               significance: float = metaopt.DEFAULT_SIGNIFICANCE,
+               significance: float = metaopt.tuning.DEFAULT_SIGNIFICANCE,
                shrink: float = 0.5) -> metaopt.Validation:
   """The tuner's acceptance test of the weights on validation tasks (not the test tasks).
 

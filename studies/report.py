@@ -451,7 +451,7 @@ def tensorboard_sessions(study, folder, metrics):
       takes = metaopt.estimator_info(params["estimator"]).takes
       params = {k: v for k, v in params.items()
                 if k not in ("num_steps", "num_particles", "sigma") or k in takes}
-    writer = metaopt.SummaryWriter(run)
+    writer = metaopt.tensorboard.SummaryWriter(run)
     values = {m: float(t.user_attrs[m]) for m in metrics if m in t.user_attrs}
     writer.hparams(params, values, step=0, trial_id=name)
     writer.close()

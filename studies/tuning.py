@@ -69,15 +69,15 @@ class Context(NamedTuple):
   baseline_options: dict = {}  # problem options of the grid baseline (e.g. schedule=cosine)
   baseline_key: str = "learning_rate"  # theta entry (log units) the grid shifts
   max_grad_norm: float | None = None  # the online tuner's guards (metaopt.meta_optimizer)
-  max_update: float | None = metaopt.DEFAULT_MAX_UPDATE
-  warmup_steps: int = metaopt.DEFAULT_WARMUP_STEPS
-  decay_steps: int | None = metaopt.DEFAULT_DECAY_STEPS
+  max_update: float | None = metaopt.tuning.DEFAULT_MAX_UPDATE
+  warmup_steps: int = metaopt.tuning.DEFAULT_WARMUP_STEPS
+  decay_steps: int | None = metaopt.tuning.DEFAULT_DECAY_STEPS
   rollback_factor: float | None = 1.5  # the horizon rollback, used without validation only
   validate_runs: float = 1.0  # runs of tuning between validations of theta (0: none)
-  significance: float = metaopt.DEFAULT_SIGNIFICANCE  # metaopt.Validation's paired test
+  significance: float = metaopt.tuning.DEFAULT_SIGNIFICANCE  # metaopt.Validation's paired test
   shrink: float = 0.5  # metaopt.Validation's step-size factor after a rejection
   single_meta_lr: float | None = None  # the single run's own meta rate (None: meta_lr)
-  trust_radius: float | None = metaopt.DEFAULT_TRUST_RADIUS  # metaopt.Validation's radius
+  trust_radius: float | None = metaopt.tuning.DEFAULT_TRUST_RADIUS  # metaopt.Validation's radius
 
 
 def make_problem(ctx, **extra):
@@ -157,8 +157,8 @@ def make_tuner(ctx, problem, estimator, seed):
   est = metaopt.get_estimator(estimator, problem.system, num_steps=ctx.num_steps,
                               num_particles=ctx.num_particles, sigma=ctx.sigma)
   horizon = problem.system.horizon
-  window = metaopt.window_length(estimator, problem.system, ctx.num_steps)
-  per_outer = window * metaopt.copies_per_step(estimator, ctx.num_particles)
+  window = metaopt.horizon.window_length(estimator, problem.system, ctx.num_steps)
+  per_outer = window * metaopt.horizon.copies_per_step(estimator, ctx.num_particles)
   opt = metaopt.meta_optimizer(
       ctx.meta_optimizer, ctx.meta_lr, max_grad_norm=ctx.max_grad_norm,
       max_update=ctx.max_update, warmup_steps=ctx.warmup_steps, decay_steps=ctx.decay_steps)
@@ -181,14 +181,14 @@ def run_single(ctx, problem, estimator, seed):
   meta_lr = ctx.single_meta_lr or ctx.meta_lr
   single_ctx = ctx._replace(meta_lr=meta_lr, validate_runs=0, rollback_factor=None)
   t, _, per_outer = make_tuner(single_ctx, problem, estimator, seed)
-  window = metaopt.window_length(estimator, problem.system, ctx.num_steps)
+  window = metaopt.horizon.window_length(estimator, problem.system, ctx.num_steps)
   copies = per_outer // window
   state = jax.jit(t.init)(jax.random.key(seed), problem.theta)
   state, infos = jax.jit(t.run, static_argnums=1)(state, problem.system.horizon // window)
   template = jax.eval_shape(problem.system.init, jax.random.key(0), problem.theta)
   # The run's own losses per inner step (window sums / window): a problem scored by its
   # meta-loss (no validation split) scores the run's own model by them.
-  own = jax.jit(lambda s, losses: scores(problem, metaopt.one_inner_state(s.inner, template),
+  own = jax.jit(lambda s, losses: scores(problem, metaopt.tuning.one_inner_state(s.inner, template),
                                          losses))(state.estimator_state, infos["loss"] / window)
   return ({**_floats(own), "runs": copies, "meta_lr": meta_lr},
           {**evaluator(problem, seed)(state.theta), "runs": copies + 1, "meta_lr": meta_lr},

@@ -1,17 +1,21 @@
-"""The benchmark: its timing harness tells more work from less, its memory and tuner suites
-show memory flat in the horizon for online estimators, rematerialisation cutting full_bptt's
-memory and the tuner's run costing less than one host call per outer step; files written."""
+"""The benchmark: its timing harness takes interleaved medians, its memory suite shows memory
+flat in the horizon for online estimators and rematerialisation cutting full_bptt's memory, the
+tuner's run is one on-device loop at little more than the windows' FLOPs; files written. No test
+here reads a wall clock: the timings themselves are the benchmark's (python -m launch.benchmark)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 
 import metaopt
+from studies import benchmark_online
 from studies import benchmark_suites
 from studies import benchmarks
 import unrolled
@@ -19,19 +23,27 @@ import unrolled
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def matmuls(count):
-  """A jitted chain of ``count`` dependent 256 x 256 matmuls (none can be skipped or fused)."""
-  def f(x):
-    return jax.lax.fori_loop(0, count, lambda _, y: jnp.tanh(y @ x), x)
-  return jax.jit(f)
+def test_interleaved_medians_time_each_function_in_turn_and_report_its_median(monkeypatch):
+  # A fake clock, not wall-clock time: each call of function i advances it by its own sequence
+  # of durations; the harness must take the medians of the timed calls (not the first, which
+  # compiles) and keep each function's outputs flowing into its next call.
+  from metaopt._src.devices import timing as timing_lib  # pylint: disable=g-import-not-at-top
+  now = [0.0]
+  monkeypatch.setattr(timing_lib.time, "perf_counter", lambda: now[0])
+  durations = {"one": iter([100.0, 1.0, 3.0, 2.0]), "eight": iter([100.0, 8.0, 9.0, 30.0])}
+  seen = {"one": [], "eight": []}
 
-
-def test_interleaved_medians_time_eight_times_the_work_as_slower():
-  x = jax.random.normal(jax.random.key(0), (256, 256)) / 16
-  args = lambda out: (x,)
-  one, eight = metaopt.timing.interleaved_medians([matmuls(1), matmuls(8)], [args, args],
-                                                  repeats=7)
-  assert 3 < eight / one < 20, (one, eight)
+  def timed(name):
+    def fn(x):
+      seen[name].append(int(x))
+      now[0] += next(durations[name])
+      return x + 1
+    return fn
+  args = lambda out: (jnp.int32(0) if out is None else out,)
+  one, eight = metaopt.timing.interleaved_medians([timed("one"), timed("eight")], [args, args],
+                                                  repeats=3)
+  assert (one, eight) == (2.0, 9.0)
+  assert seen == {"one": [0, 1, 2, 3], "eight": [0, 1, 2, 3]}
 
 
 def test_peak_bytes_counts_arguments_and_outputs():
@@ -86,10 +98,10 @@ def test_step_breakdown_backward_pieces_cost_more_than_the_primal_step():
 def results(tmp_path_factory):
   out_dir = tmp_path_factory.mktemp("bench")
   out = subprocess.run(
-      [sys.executable, "-m", "launch.benchmark", "--suites=memory,tuner",
+      [sys.executable, "-m", "launch.benchmark", "--suites=memory",
        "--memory_horizons=200,2000", "--memory_timing=false",
        "--memory_problem=toy_regression", f"--output_dir={out_dir}",
-       "--repeats=30"],  # 10 timed repeats of 1000 outer steps: cheap, and a stable median
+       "--repeats=1"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   return out_dir, json.load(open(out_dir / "results.json"))
@@ -113,17 +125,31 @@ def test_full_bptt_memory_grows_with_the_horizon_and_remat_cuts_it(results):
   assert peak(rows, "full_bptt(remat)", 2000) < peak(rows, "full_bptt", 2000) / 4
 
 
-@pytest.mark.slow
-def test_tuner_run_costs_less_than_a_host_call_per_outer_step(results):
-  rows = results[1]["tuner"]["rows"]
-  assert [r["estimator"] for r in rows] == ["tbptt", "rtrl", "uoro"]
-  for row in rows:
-    # One compiled scan over outer steps: a host round trip, a retrace or a copy to the host
-    # per outer step would cost at least what one jitted update called from Python does.
-    assert row["seconds_per_outer_step"] < row["python_loop_seconds_per_outer_step"] / 2, row
-    # The outer update on a 10-D theta adds little to the windows' own compute (measured
-    # 0.7-1.5 times it): running the estimator twice per outer step would double it.
-    assert row["seconds_per_outer_step"] < 2 * row["compute_seconds_per_outer_step"], row
+@pytest.mark.parametrize("estimator", ["tbptt", "rtrl", "uoro"])
+def test_the_tuner_runs_its_outer_steps_in_one_loop_on_device_at_little_more_than_the_windows(
+    estimator):
+  """What the benchmark's tuner suite times, checked without a clock: ``tuner.run`` compiles
+  to one program that loops over the outer steps on the device (no host round trip, no call
+  out of XLA), and its arithmetic per outer step (XLA's FLOP count) is the windows' own plus a
+  small outer update: running the estimator twice per outer step would double it."""
+  system, theta = benchmark_online.quadratic10()
+  est = metaopt.get_estimator(estimator, system, num_steps=10)
+  t = metaopt.tuner(est, optax.adam(1e-2))
+  state = t.init(jax.random.key(0), theta)
+  compiled = jax.jit(lambda s: t.run(s, 100)[0]).lower(state).compile()
+  hlo = compiled.as_text()
+  assert re.search(r"\bwhile\b", hlo)
+  assert not re.search(r"outfeed|infeed|send|recv|host_callback|python_callback", hlo)
+  flops = lambda c: (lambda a: (a[0] if isinstance(a, list) else a)["flops"])(c.cost_analysis())
+  # XLA counts a loop's body once: the 100-step run costs what one outer step does (measured
+  # within 2%; a second window per outer step would add 60-70%).
+  run = flops(compiled)
+  update = flops(jax.jit(lambda s: t.update(s)[0]).lower(state).compile())
+  window = flops(jax.jit(lambda s: est.unroll(s, theta, jax.random.key(1))[1]).lower(
+      est.init(jax.random.key(0), theta)).compile())
+  assert run <= 1.05 * update, (run, update)
+  # Measured 1.4-1.7 times one window (adam, the chains' mean, finite checks, keys).
+  assert window < update < 2 * window, (update, window)
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import numpy as np
 import optuna
 import pytest
 
+import metaopt
 import unrolled
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,8 @@ def run_and_board(tmp_path):
                          num_knots=3)
   logdir = str(tmp_path / "run")
   unrolled.tune_problem(problem, estimator="rtrl", num_steps=5, num_chains=4, outer_steps=12,
-                        checkpoint_every=4, log_every=4, meta_lr=0.01, logdir=logdir,
+                        meta_optimizer=metaopt.meta_optimizer("adam", 0.01),
+                        output=metaopt.tuning.RunOutput(logdir, checkpoint_every=4, log_every=4),
                         verbose=False)
   port = free_port()
   base = f"http://127.0.0.1:{port}"

@@ -52,10 +52,10 @@ def per_horizon_grads(est, system, theta, key, num_steps, num_horizons=2):
   """Each horizon's summed window grads and its exact gradient, on the estimator's own keys.
 
   metaopt.sum_window_grads and metaopt.exact_grad sum over all windows; this keeps the horizons
-  apart, so that the second one shows the accumulators were reset. Keys as metaopt.window_keys.
+  apart, so that the second one shows the accumulators were reset. Keys as metaopt.horizon.window_keys.
   """
   windows = system.horizon // num_steps
-  init_key, window_keys = metaopt.window_keys(key, windows * num_horizons)
+  init_key, window_keys = metaopt.horizon.window_keys(key, windows * num_horizons)
   unroll = jax.jit(est.unroll)
   exact = jax.jit(jax.grad(lambda th, k, s: jnp.sum(metaopt.full_unroll(system, th, k, s)[1])))
   state = est.init(init_key, theta)
@@ -67,9 +67,9 @@ def per_horizon_grads(est, system, theta, key, num_steps, num_horizons=2):
       state, grad, metrics = unroll(state, theta, k)
       assert set(metrics) >= {"loss"}
       total = jax.tree.map(jnp.add, total, grad)
-    step_keys = jnp.concatenate([metaopt.split_window_key(k, num_steps).steps for k in keys_h])
+    step_keys = jnp.concatenate([metaopt.horizon.split_window_key(k, num_steps).steps for k in keys_h])
     out.append((total, exact(theta, init_key, step_keys)))
-    init_key = metaopt.split_window_key(keys_h[-1], num_steps).next_init
+    init_key = metaopt.horizon.split_window_key(keys_h[-1], num_steps).next_init
   return out
 
 

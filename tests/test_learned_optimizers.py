@@ -169,7 +169,7 @@ def test_tbptt_over_a_whole_horizon_is_the_exact_meta_gradient(make, family):
   est = metaopt.tbptt(system, num_steps=6)
   state = est.init(jax.random.key(1), theta)
   _, grad, _ = est.unroll(state, theta, jax.random.key(2))
-  keys = metaopt.split_window_key(jax.random.key(2), 6)
+  keys = metaopt.horizon.split_window_key(jax.random.key(2), 6)
   exact = jax.grad(lambda th: metaopt.full_unroll(system, th, jax.random.key(1),
                                                   keys.steps)[1].sum())(theta)
   chex.assert_trees_all_close(grad, exact, rtol=2e-3, atol=1e-6)
@@ -247,7 +247,7 @@ def test_meta_train_resumes_exactly_where_it_stopped(tmp_path):
   chex.assert_trees_all_close(resumed.theta, whole.theta, rtol=1e-6)
   summary = json.load(open(tmp_path / "summary.json"))
   assert summary["outer_steps"] == 6 and summary["final"]["meta_grad_norm"] > 0
-  with pytest.raises(metaopt.RunFolderError, match="different configuration"):
+  with pytest.raises(metaopt.files.RunFolderError, match="different configuration"):
     _small_run(str(tmp_path), 6, sigma=0.02)
 
 

@@ -1,4 +1,4 @@
-"""Online actor-critic agents (metaopt.agent_system): the loop, its resets, exact RTRL of the
+"""Online actor-critic agents (metaopt.rl.agent_system): the loop, its resets, exact RTRL of the
 actor-critic loss, and launch.online_rl end to end."""
 
 import json
@@ -27,7 +27,7 @@ def agent(cell, *, env="repeat_first", horizon=None, num_envs=3, head_hidden=0, 
                                 head_hidden=head_hidden)
   system = made.system
   if horizon is not None:
-    system = metaopt.agent_system(system.cell, env_reset=system.env_reset,
+    system = metaopt.rl.agent_system(system.cell, env_reset=system.env_reset,
                                   env_step=system.env_step, heads=system.heads,
                                   horizon=horizon, num_envs=num_envs, gamma=0.9)
   # Non-zero heads: the policy and the value both carry gradient into the layer.
@@ -100,9 +100,9 @@ def test_episode_statistics_count_finished_episodes():
     t = jnp.where(done, 0, t + 1)
     return jnp.ones(1), t, jnp.float32(1.0), done
 
-  cell = metaopt.ElementwiseCell(lambda p: jnp.zeros(1), lambda h, p, x: p["w"] * h + x,
+  cell = metaopt.recurrent.ElementwiseCell(lambda p: jnp.zeros(1), lambda h, p, x: p["w"] * h + x,
                                  lambda h, p, x: h)
-  system = metaopt.agent_system(cell, env_reset=lambda key: (jnp.ones(1), jnp.int32(0)),
+  system = metaopt.rl.agent_system(cell, env_reset=lambda key: (jnp.ones(1), jnp.int32(0)),
                                 env_step=env_step,
                                 heads=lambda r, o, x: (r * jnp.ones(2), o[0, 0]),
                                 horizon=100, num_envs=2)
@@ -127,7 +127,7 @@ def test_bad_agent_options(kwargs, match):
   options = dict(env_reset=system.env_reset, env_step=system.env_step, heads=system.heads,
                  horizon=10)
   with pytest.raises(ValueError, match=match):
-    metaopt.agent_system(system.cell, **{**options, **kwargs})
+    metaopt.rl.agent_system(system.cell, **{**options, **kwargs})
 
 
 def test_bad_agent_builder_options():
@@ -220,10 +220,10 @@ def test_real_time_ppo_first_update_is_exact(x64):
   the stored hidden states and traces equals jax.grad of the PPO loss through a re-unroll of
   the same trajectory from the horizon start (another implementation of the loss, here)."""
   import optax  # pylint: disable=g-import-not-at-top
-  from metaopt._src import agent as agent_lib  # pylint: disable=g-import-not-at-top
+  from metaopt._src.rl import agent as agent_lib  # pylint: disable=g-import-not-at-top
   system, theta = agent("rtu_nonlinear", horizon=100)
   num_steps, clip = 6, 0.2
-  ppo = metaopt.real_time_ppo(system, optax.sgd(1.0), num_steps=num_steps, num_epochs=1,
+  ppo = metaopt.rl.real_time_ppo(system, optax.sgd(1.0), num_steps=num_steps, num_epochs=1,
                               num_minibatches=1, clip=clip, normalize_advantages=False)
   key = jax.random.key(7)
   state = ppo.init(key, theta)
@@ -236,7 +236,7 @@ def test_real_time_ppo_first_update_is_exact(x64):
 
   def trajectory(th):
     def body(inner, k):
-      outputs = jax.vmap(lambda h, o: metaopt.cell_outputs(system.cell, h, th["cell"], o))(
+      outputs = jax.vmap(lambda h, o: metaopt.recurrent.cell_outputs(system.cell, h, th["cell"], o))(
           inner.hidden, inner.obs)
       logits, values = jax.vmap(lambda o, x: system.heads(th["readout"], o, x))(outputs,
                                                                                inner.obs)
@@ -244,7 +244,7 @@ def test_real_time_ppo_first_update_is_exact(x64):
       return new_inner, (jax.nn.log_softmax(logits), values, aux)
     inner, out = jax.lax.scan(body, system.init(k_env, th), keys)
     last = jax.vmap(lambda h, o: system.heads(
-        th["readout"], metaopt.cell_outputs(system.cell, h, th["cell"], o), o)[1])(
+        th["readout"], metaopt.recurrent.cell_outputs(system.cell, h, th["cell"], o), o)[1])(
             inner.hidden, inner.obs)
     return out, last
 
@@ -295,4 +295,4 @@ def test_bad_real_time_ppo_options(kwargs, match):
   import optax  # pylint: disable=g-import-not-at-top
   system, _ = agent("elstm")
   with pytest.raises(ValueError, match=match):
-    metaopt.real_time_ppo(system, optax.adam(1e-3), num_steps=4, **kwargs)
+    metaopt.rl.real_time_ppo(system, optax.adam(1e-3), num_steps=4, **kwargs)

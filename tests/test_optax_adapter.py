@@ -76,8 +76,8 @@ def test_hypergradient_of_every_entry_matches_finite_differences(case):
     total = jax.jit(lambda th: metaopt.sum_window_grads(est, th, key,
                                                         num_windows=HORIZON // 3))(theta)
     # The loss of the same trajectory: the keys sum_window_grads gives the estimator.
-    init_key, window_keys = metaopt.window_keys(key, HORIZON // 3)
-    steps = jnp.concatenate([metaopt.split_window_key(k, 3).steps for k in window_keys])
+    init_key, window_keys = metaopt.horizon.window_keys(key, HORIZON // 3)
+    steps = jnp.concatenate([metaopt.horizon.split_window_key(k, 3).steps for k in window_keys])
     flat, unravel = jax.flatten_util.ravel_pytree(theta)
     loss = jax.jit(lambda v: jnp.sum(metaopt.full_unroll(system, unravel(v), init_key, steps)[1]))
     h = 1e-6

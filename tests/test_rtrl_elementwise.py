@@ -37,7 +37,7 @@ def tiny(cell, *, hidden_size=3, horizon=6, init_dependent=False):
     c = system.cell
     initial = lambda p: 0.3 * jnp.tanh(sum(jnp.sum(x) for x in jax.tree.leaves(p))) * jnp.ones_like(
         c.initial(p))
-    system = metaopt.elementwise_system(
+    system = metaopt.recurrent.elementwise_system(
         c._replace(initial=initial), stream_init=system.stream_init, observe=system.observe,
         readout_loss=system.readout_loss, horizon=horizon)
   return system, problem.theta

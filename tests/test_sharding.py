@@ -69,7 +69,7 @@ def test_copies_are_spread_over_all_devices(one_and_four, part):
 
 def test_shard_leading_is_a_no_op_on_one_device():
   x = np.arange(8.0)
-  assert metaopt.shard_leading(x) is x
+  assert metaopt.devices.shard_leading(x) is x
 
 
 @pytest.mark.slow

@@ -430,7 +430,7 @@ def test_trial_sessions_are_zero_padded_and_hold_only_the_options_used(tmp_path)
 
 
 def test_a_grid_has_no_repeated_cells():
-  from launch import study as launch_study  # pylint: disable=g-import-not-at-top
+  from studies import study_runner as launch_study  # pylint: disable=g-import-not-at-top
   ctx = bias_variance.Context("toy_regression", {}, ("tbptt", "rtrl", "uoro", "pes"), (1, 10),
                               (2, 8, 32), (0.01, 0.01), (1, 4), 8, 0, "full_bptt", "unused")
   cells = launch_study.grid_cells(ctx)

@@ -25,7 +25,8 @@ from tensorboard.summary.writer import record_writer
 from tensorboard.util import tensor_util
 
 import metaopt
-from metaopt._src import summary
+from metaopt._src.tensorboard import summary
+from metaopt._src.tensorboard import writer as writer_lib
 
 # The scenario of launch.tune: checkpoints every 10 outer steps, killed after step 15 had been
 # logged, resumed from the checkpoint at step 10 (resume_step 11), finishing at step 20.
@@ -61,12 +62,12 @@ def log_steps(writer, steps, value):
 
 def write_first_run(logdir, killed_after):
   # What a SIGKILL leaves: everything flushed (closing adds nothing to the file).
-  with metaopt.SummaryWriter(logdir) as writer:
+  with metaopt.tensorboard.SummaryWriter(logdir) as writer:
     log_steps(writer, range(1, killed_after + 1), first_value)
 
 
 def write_resumed_run(logdir, resume_step, last):
-  with metaopt.SummaryWriter(logdir, resume_step=resume_step) as writer:
+  with metaopt.tensorboard.SummaryWriter(logdir, resume_step=resume_step) as writer:
     log_steps(writer, range(resume_step or 1, last + 1), resumed_value)
 
 
@@ -310,15 +311,15 @@ def test_a_killed_rewrite_leaves_the_file_whole(tmp_path, monkeypatch):
   def killed(*args):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(summary.os, "replace", killed)
+  monkeypatch.setattr(writer_lib.os, "replace", killed)
   with pytest.raises(KeyboardInterrupt):
-    metaopt.SummaryWriter(logdir, resume_step=CHECKPOINT + 1)
+    metaopt.tensorboard.SummaryWriter(logdir, resume_step=CHECKPOINT + 1)
   assert os.listdir(logdir) == [name]
   assert open(os.path.join(logdir, name), "rb").read() == before
   monkeypatch.undo()
   # A copy left by a SIGKILL (no cleanup ran) is removed by the next resume.
   stale = os.path.join(
-      logdir, summary._TMP_PREFIX + "abc" + summary._TMP_SUFFIX)  # pylint: disable=protected-access
+      logdir, writer_lib._TMP_PREFIX + "abc" + writer_lib._TMP_SUFFIX)  # pylint: disable=protected-access
   with open(stale, "wb") as f:
     f.write(before[:100])
   time.sleep(1.1)
@@ -356,7 +357,7 @@ def test_damaged_records_truncated_tail_dropped_corruption_kept(tmp_path):
   # A kill in the middle of writing a record: its first bytes only.
   with open(path, "ab") as f:
     f.write(record(KILLED_AFTER + 1)[:-3])
-  summary._rewrite_event_file(path, CHECKPOINT + 1)  # pylint: disable=protected-access
+  writer_lib._rewrite_event_file(path, CHECKPOINT + 1)  # pylint: disable=protected-access
   kept = open(path, "rb").read()
   assert len(kept) < len(data)
   assert kept == data[:len(kept)]  # whole records of the earlier steps, unchanged
@@ -364,21 +365,21 @@ def test_damaged_records_truncated_tail_dropped_corruption_kept(tmp_path):
   damaged_tail = b"\xff" * 12 + data[-40:]
   with open(path, "wb") as f:
     f.write(kept + record(CHECKPOINT + 2) + damaged_tail)
-  summary._rewrite_event_file(path, CHECKPOINT + 1)  # pylint: disable=protected-access
+  writer_lib._rewrite_event_file(path, CHECKPOINT + 1)  # pylint: disable=protected-access
   assert open(path, "rb").read() == kept + damaged_tail
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
 def test_bad_resume_step_is_refused(bad, tmp_path):
   with pytest.raises(ValueError, match="resume_step"):
-    metaopt.SummaryWriter(str(tmp_path), resume_step=bad)
+    metaopt.tensorboard.SummaryWriter(str(tmp_path), resume_step=bad)
   assert os.listdir(tmp_path) == []
 
 
 def test_numpy_resume_step_is_accepted(tmp_path):
   write_first_run(str(tmp_path), KILLED_AFTER)
   time.sleep(1.1)
-  metaopt.SummaryWriter(str(tmp_path), resume_step=np.int64(CHECKPOINT + 1)).close()
+  metaopt.tensorboard.SummaryWriter(str(tmp_path), resume_step=np.int64(CHECKPOINT + 1)).close()
   assert len(event_files(str(tmp_path))) == 2
 
 
@@ -386,11 +387,11 @@ def test_values_the_killed_run_logged_below_the_resume_step_are_written_once(tmp
   # Killed after its last checkpoint (step 20) and after logging its final metrics and hparams
   # session: the rerun resumes at step 21 and logs them again.
   logdir = str(tmp_path)
-  with metaopt.SummaryWriter(logdir) as writer:
+  with metaopt.tensorboard.SummaryWriter(logdir) as writer:
     log_steps(writer, range(1, LAST + 1), first_value)
     writer.hparams({"lr": 0.1}, {"final/loss": 1.0}, LAST)
   time.sleep(1.1)
-  with metaopt.SummaryWriter(logdir, resume_step=LAST + 1) as writer:
+  with metaopt.tensorboard.SummaryWriter(logdir, resume_step=LAST + 1) as writer:
     writer.hparams({"lr": 0.1}, {"final/loss": 1.0}, LAST)
     writer.scalar("final/other", 2.0, LAST)  # not logged before: written
   multiplexer = plugin_event_multiplexer.EventMultiplexer(purge_orphaned_data=True)

@@ -35,18 +35,18 @@ def info(step, num_skipped, chains):
 
 
 def test_snr_stays_readable_for_a_noiseless_hypergradient():
-  assert metaopt.snr(2.0, 0.0) == pytest.approx(1000.0)  # not 2 / sqrt(1e-30) = 2e15
-  assert metaopt.snr(-3.0, 9.0) == pytest.approx(1.0, rel=1e-5)
-  assert metaopt.snr(1.0, 4.0, num_samples=4) == pytest.approx(1.0, rel=1e-5)
-  assert metaopt.snr(0.0, 0.0) == 0.0
+  assert metaopt.tensorboard.snr(2.0, 0.0) == pytest.approx(1000.0)  # not 2 / sqrt(1e-30) = 2e15
+  assert metaopt.tensorboard.snr(-3.0, 9.0) == pytest.approx(1.0, rel=1e-5)
+  assert metaopt.tensorboard.snr(1.0, 4.0, num_samples=4) == pytest.approx(1.0, rel=1e-5)
+  assert metaopt.tensorboard.snr(0.0, 0.0) == 0.0
 
 
 @pytest.mark.parametrize("num_chains", [1, 2, 4])
 def test_snr_is_written_once_enough_samples_exist(num_chains, tmp_path):
   chains = np.linspace(1.0, 2.0, num_chains)
-  with metaopt.SummaryWriter(str(tmp_path)) as writer:
+  with metaopt.tensorboard.SummaryWriter(str(tmp_path)) as writer:
     for step in range(1, 15):  # steps 3 and 4 skipped: 10 finite steps at step 12
-      metaopt.log_tuner_info(writer, info(step, min(2, max(0, step - 2)), chains), step,
+      metaopt.tensorboard.log_tuner_info(writer, info(step, min(2, max(0, step - 2)), chains), step,
                              names=["lr"], window=5)
   acc = read_events(str(tmp_path))
   tags = set(acc.Tags()["tensors"])
@@ -60,11 +60,11 @@ def test_snr_is_written_once_enough_samples_exist(num_chains, tmp_path):
 
 def test_theta_coordinates_are_named_as_their_hyperparameters():
   theta = {"learning_rate": np.zeros((2, 3)), "momentum": np.zeros(())}
-  assert metaopt.coordinate_names(theta, knots={"learning_rate": 3}) == [
+  assert metaopt.tensorboard.coordinate_names(theta, knots={"learning_rate": 3}) == [
       "learning_rate/knot_0/0", "learning_rate/knot_1/0", "learning_rate/knot_2/0",
       "learning_rate/knot_0/1", "learning_rate/knot_1/1", "learning_rate/knot_2/1", "momentum"]
   curve = np.stack([np.geomspace(0.1, 0.001, 21), np.full(21, 0.05)])
-  labels, steps, points = metaopt.schedule_points(
+  labels, steps, points = metaopt.tensorboard.schedule_points(
       {"learning_rate_curve": curve, "learning_rate_knots": np.array([0.0, 10.0, 20.0])}
   )["learning_rate"]
   assert labels == ["knot_0", "knot_1", "knot_2"] and steps.tolist() == [0, 10, 20]
@@ -81,7 +81,8 @@ def tuned(tmp_path_factory):
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     unrolled.tune_problem(problem, estimator="rtrl", num_steps=5, num_chains=4, outer_steps=8,
-                          log_every=2, checkpoint_every=4, meta_lr=0.01, logdir=logdir)
+                          meta_optimizer=metaopt.meta_optimizer("adam", 0.01),
+                          output=metaopt.tuning.RunOutput(logdir, checkpoint_every=4, log_every=2))
   return logdir, out.getvalue()
 
 
@@ -122,7 +123,7 @@ def test_tensorboard_names_each_coordinate_one_way_and_lays_out_its_noise(tuned)
   layout = layout_pb2.Layout.FromString(
       acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
   titles = [c.title for c in layout.category]
-  assert titles[:6] == [f"hypergradient {c}" for c in metaopt.coordinate_names(
+  assert titles[:6] == [f"hypergradient {c}" for c in metaopt.tensorboard.coordinate_names(
       {"learning_rate": np.zeros((2, 3))}, knots={"learning_rate": 3})]
   assert titles[6:] == ["schedule learning_rate"]
   for category in layout.category:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -22,7 +23,8 @@ SYSTEM = metaopt.UnrolledSystem(
     init=lambda key, th: jnp.ones(2) * jnp.exp(th), horizon=4,
     step=lambda s, th, key: (0.5 * s + th + 0.01 * jax.random.normal(key, (2,)),
                              jnp.sum((s - 1.0) ** 2)))
-QUIET = dict(num_steps=2, meta_optimizer="sgd", meta_lr=0.01, verbose=False)
+QUIET = dict(num_steps=2, meta_optimizer=metaopt.meta_optimizer("sgd", 0.01), verbose=False)
+RunOutput = metaopt.tuning.RunOutput
 
 
 def tags(logdir):
@@ -47,8 +49,8 @@ def test_launch_tune_and_metaopt_tune_give_bit_identical_theta(estimator, extra,
   problem = unrolled.get("influence_balancing", horizon=20)
   options = dict(a.lstrip("-").split("=") for a in extra)
   result = metaopt.tune(problem.system, problem.theta, estimator=estimator, num_steps=5,
-                        outer_steps=6, checkpoint_every=3, seed=3, meta_lr=0.003,
-                        logdir=tmp_path / "python", num_chains=int(options.get("num_chains", 1)),
+                        outer_steps=6, seed=3, meta_optimizer=metaopt.meta_optimizer("adam", 0.003),
+                        output=RunOutput(tmp_path / "python", checkpoint_every=3), num_chains=int(options.get("num_chains", 1)),
                         num_particles=int(options.get("num_particles", 8)),
                         sigma=float(options.get("sigma", 0.01)), verbose=False)
   flat = np.asarray(jax.flatten_util.ravel_pytree(result.theta)[0]).tolist()
@@ -62,8 +64,9 @@ def test_launch_tune_and_metaopt_tune_give_bit_identical_theta(estimator, extra,
 def test_every_estimator_tunes_and_logs(estimator, tmp_path):
   problem = unrolled.get("influence_balancing", horizon=20)
   result = unrolled.tune_problem(problem, estimator=estimator, num_steps=5, num_particles=4,
-                                 sigma=0.1, outer_steps=8, checkpoint_every=4,
-                                 meta_optimizer="sgd", meta_lr=1e-4, logdir=tmp_path,
+                                 sigma=0.1, outer_steps=8,
+                                 meta_optimizer=metaopt.meta_optimizer("sgd", 1e-4),
+                                 output=RunOutput(tmp_path, checkpoint_every=4),
                                  verbose=False)
   summary = json.load(open(tmp_path / "summary.json"))
   assert summary["outer_steps"] == 8 and np.isfinite(summary["theta"]).all()
@@ -93,7 +96,7 @@ def test_a_hyperparameters_function_written_with_numpy_works(tmp_path):
   # same values as a jnp one, in the summary and in TensorBoard.
   with_numpy = lambda theta: {"rate": np.exp(np.asarray(theta))}
   with_jnp = lambda theta: {"rate": jnp.exp(theta)}
-  results = [metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=6, logdir=tmp_path / name,
+  results = [metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=6, output=tmp_path / name,
                           hyperparameters=fn, **QUIET)
              for name, fn in (("numpy", with_numpy), ("jnp", with_jnp))]
   np.testing.assert_allclose(results[0].summary["hyperparameters"]["rate"],
@@ -106,13 +109,13 @@ def test_a_hyperparameters_function_written_with_numpy_works(tmp_path):
 
 
 def test_an_interrupted_run_resumes_to_the_same_theta_and_steps(tmp_path, capsys):
-  whole = metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=12, checkpoint_every=4,
-                       logdir=tmp_path / "whole", **QUIET)
-  metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=8, checkpoint_every=4,
-               logdir=tmp_path / "parts", **QUIET)
-  parts = metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=12, checkpoint_every=4,
-                       logdir=tmp_path / "parts", num_steps=2, meta_optimizer="sgd",
-                       meta_lr=0.01)
+  whole = metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=12,
+                       output=RunOutput(tmp_path / "whole", checkpoint_every=4), **QUIET)
+  metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=8,
+               output=RunOutput(tmp_path / "parts", checkpoint_every=4), **QUIET)
+  parts = metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=12,
+                       output=RunOutput(tmp_path / "parts", checkpoint_every=4), num_steps=2,
+                       meta_optimizer=metaopt.meta_optimizer("sgd", 0.01))
   assert "resuming" in capsys.readouterr().out
   assert np.asarray(parts.theta).tobytes() == np.asarray(whole.theta).tobytes()
   steps = [e.step for e in tags(str(tmp_path / "parts")).Tensors("hypergrad/theta")]
@@ -120,23 +123,28 @@ def test_an_interrupted_run_resumes_to_the_same_theta_and_steps(tmp_path, capsys
 
 
 def test_a_logdir_of_another_configuration_or_theta_is_refused_before_compute(tmp_path):
-  metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=4, logdir=tmp_path, **QUIET)
+  metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=4, output=tmp_path, **QUIET)
   before = (tmp_path / "checkpoint.npz").read_bytes()
-  with pytest.raises(metaopt.RunFolderError, match=r"meta_lr: 0.01 there, 0.02 now"):
-    metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=4, logdir=tmp_path,
-                 **{**QUIET, "meta_lr": 0.02})
-  with pytest.raises(metaopt.RunFolderError, match=r"theta_init"):
-    metaopt.tune(SYSTEM, jnp.float32(0.5), outer_steps=4, logdir=tmp_path, **QUIET)
-  metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=4, logdir=tmp_path / "tagged",
+  with pytest.raises(metaopt.files.RunFolderError, match=r"meta_lr: 0.01 there, 0.02 now"):
+    metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=4, output=tmp_path,
+                 **{**QUIET, "meta_optimizer": metaopt.meta_optimizer("sgd", 0.02)})
+  with pytest.raises(metaopt.files.RunFolderError, match=r"theta_init"):
+    metaopt.tune(SYSTEM, jnp.float32(0.5), outer_steps=4, output=tmp_path, **QUIET)
+  metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=4, output=tmp_path / "tagged",
                config={"tag": "a"}, **QUIET)
-  with pytest.raises(metaopt.RunFolderError, match=r"tag: 'a' there, None now"):
-    metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=4, logdir=tmp_path / "tagged", **QUIET)
+  with pytest.raises(metaopt.files.RunFolderError, match=r"tag: 'a' there, None now"):
+    metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=4, output=tmp_path / "tagged", **QUIET)
   assert (tmp_path / "checkpoint.npz").read_bytes() == before
 
 
 @pytest.mark.parametrize("options, message", [
     (dict(estimator="bptt"), "bptt"),
     (dict(meta_optimizer="adamw"), "meta_optimizer='adamw' is unknown"),
+    (dict(output=3), "output must be a metaopt.tuning.RunOutput"),
+    (dict(output=RunOutput("elsewhere", checkpoint_every=0)), "checkpoint_every"),
+    (dict(output=RunOutput("elsewhere", log_every=-1)), "log_every"),
+    (dict(meta_optimizer=3), "meta_optimizer must be"),
+    # The options tune took before they were grouped are still checked (with a warning).
     (dict(meta_lr=-1.0), "meta_lr"),
     (dict(outer_steps=0), "outer_steps"),
     (dict(seed=-1), "seed"),
@@ -150,13 +158,14 @@ def test_a_logdir_of_another_configuration_or_theta_is_refused_before_compute(tm
     (dict(warmup_steps=-1), "warmup_steps"),
     (dict(decay_steps=0), "decay_steps"),
 ])
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_bad_options_are_refused_before_any_file(options, message, tmp_path):
-  kwargs = {**QUIET, "outer_steps": 2, **options}
+  kwargs = {**QUIET, "outer_steps": 2, "output": tmp_path / "run", **options}
   message = "ONE training run: the horizon 4 / window 2 = 2 outer steps" if message == "one_run" \
       else message
   with pytest.raises(ValueError, match=re.escape(message)):
-    metaopt.tune(SYSTEM, jnp.float32(0.0), logdir=tmp_path / "run", **kwargs)
-  assert not (tmp_path / "run").exists()
+    metaopt.tune(SYSTEM, jnp.float32(0.0), **kwargs)
+  assert not (tmp_path / "run").exists() and not pathlib.Path("elsewhere").exists()
 
 
 def test_too_many_non_finite_steps_raise_tuning_stopped_with_a_checkpoint(tmp_path):
@@ -164,8 +173,8 @@ def test_too_many_non_finite_steps_raise_tuning_stopped_with_a_checkpoint(tmp_pa
       init=lambda key, th: jnp.ones(2), horizon=4,
       step=lambda s, th, key: (0.5 * s + th, jnp.sum(jnp.sqrt(th - 1.0) * s)))
   with pytest.raises(metaopt.TuningStopped, match="max_skipped=2") as stopped:
-    metaopt.tune(nan_loss, jnp.float32(0.0), outer_steps=40, checkpoint_every=5, max_skipped=2,
-                 logdir=tmp_path, **QUIET)
+    metaopt.tune(nan_loss, jnp.float32(0.0), outer_steps=40, max_skipped=2,
+                 output=RunOutput(tmp_path, checkpoint_every=5), **QUIET)
   assert stopped.value.step == 5 and stopped.value.num_skipped == 5
   assert (tmp_path / "checkpoint.npz").exists() and not (tmp_path / "summary.json").exists()
   np.testing.assert_array_equal(stopped.value.theta, [0.0])  # never updated
@@ -175,7 +184,7 @@ def test_a_built_estimator_and_an_optax_meta_optimizer_work_and_are_named_custom
   est = metaopt.uoro(SYSTEM, num_steps=2, rank=2)
   result = metaopt.tune(SYSTEM, jnp.float32(0.0), estimator=est, num_steps=2,
                         meta_optimizer=optax.chain(optax.clip(1.0), optax.sgd(0.01)),
-                        outer_steps=6, logdir=tmp_path, config={"meta": "clip+sgd"},
+                        outer_steps=6, output=tmp_path, config={"meta": "clip+sgd"},
                         verbose=False)
   config = json.load(open(tmp_path / "config.json"))
   assert config["estimator"] == "custom" and config["meta_optimizer"] == "custom"
@@ -191,7 +200,8 @@ def test_evaluation_reads_one_inner_state(estimator, tmp_path):
     assert state.shape == (2,), state.shape  # one inner state, not a stack
     return {"distance": jnp.sum((state - 1.0) ** 2)}
   metaopt.tune(SYSTEM, jnp.float32(0.0), estimator=estimator, num_particles=2, sigma=0.1,
-               outer_steps=4, checkpoint_every=2, evaluate=evaluate, logdir=tmp_path, **QUIET)
+               outer_steps=4, evaluate=evaluate, output=RunOutput(tmp_path, checkpoint_every=2),
+               **QUIET)
   acc = tags(str(tmp_path))
   assert [e.step for e in acc.Tensors("eval/distance")] == [2, 4]
   assert "final/distance" in acc.Tags()["tensors"]
@@ -221,13 +231,14 @@ def test_single_run_mode_tunes_during_one_run_and_reports_its_own_model(estimato
   frozen = metaopt.tune(DETERMINISTIC, jnp.float32(0.0), mode="single_run",
                         meta_optimizer=optax.sgd(0.0), **kwargs)
   assert frozen.summary["outer_steps"] == 3  # horizon 6 / window 2: one training run
-  plain = metaopt.evaluate_horizon(DETERMINISTIC, jnp.float32(0.0), jax.random.key(0),
+  plain = metaopt.horizon.evaluate_horizon(DETERMINISTIC, jnp.float32(0.0), jax.random.key(0),
                                    evaluate=_distance)
   if estimator != "pes":  # pes's particle 0 trains at theta0 + its perturbation
     np.testing.assert_allclose(frozen.summary["single_run_final"]["distance"],
                                float(plain["distance"]), rtol=1e-6)
-  tuned = metaopt.tune(DETERMINISTIC, jnp.float32(0.0), mode="single_run", meta_optimizer="sgd",
-                       meta_lr=0.02, decay_steps=None, logdir=tmp_path, **kwargs)
+  tuned = metaopt.tune(DETERMINISTIC, jnp.float32(0.0), mode="single_run",
+                       meta_optimizer=metaopt.meta_optimizer("sgd", 0.02, decay_steps=None),
+                       output=tmp_path, **kwargs)
   summary = json.load(open(tmp_path / "summary.json"))
   assert summary["config"]["mode"] == "single_run" and summary["outer_steps"] == 3
   # theta moved towards 0.5 (s -> 2 theta = 1) during the run: the run's own model and the
@@ -273,7 +284,7 @@ def test_the_tuned_theta_is_the_best_validated_one_and_the_summary_says_which_is
       unroll=lambda s, th, key: (s, jnp.ones_like(th), {"loss": jnp.ones(())}))
   # 11 outer steps: the last one moves theta after the 5th validation sent it back.
   result = metaopt.tune(SYSTEM, jnp.float32(0.0), estimator=wrong_way, outer_steps=11,
-                        logdir=tmp_path, **QUIET)
+                        output=tmp_path, **QUIET)
   summary = json.load(open(tmp_path / "summary.json"))
   assert float(result.theta) == 0.0 and float(result.last_theta) < 0.0
   assert summary["theta"] == [0.0] and summary["last_theta"] == [float(result.last_theta)]
@@ -287,3 +298,27 @@ def test_the_tuned_theta_is_the_best_validated_one_and_the_summary_says_which_is
                      validation=False, **QUIET)
   assert float(off.theta) == float(off.last_theta) < 0.0
   assert off.summary["theta_is"].startswith("where tuning ended")
+
+
+def test_the_grouped_options_give_the_old_options_theta_and_the_old_names_warn(tmp_path):
+  """meta_optimizer=metaopt.meta_optimizer(...) and output=RunOutput(...) replace nine options;
+  those still work for one release, with a warning naming the new place, and the same run."""
+  new = metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=8, num_steps=2, verbose=False,
+                     meta_optimizer=metaopt.meta_optimizer("adam", 0.03, max_update=0.05,
+                                                           warmup_steps=2, decay_steps=5),
+                     output=RunOutput(tmp_path / "new", checkpoint_every=4, log_every=4))
+  with pytest.warns(DeprecationWarning, match=r"meta_optimizer=metaopt.meta_optimizer"):
+    with pytest.warns(DeprecationWarning, match=r"output=metaopt.tuning.RunOutput"):
+      old = metaopt.tune(SYSTEM, jnp.float32(0.0), outer_steps=8, num_steps=2, verbose=False,
+                         meta_lr=0.03, max_update=0.05, warmup_steps=2, decay_steps=5,
+                         logdir=tmp_path / "old", checkpoint_every=4, log_every=4)
+  assert np.asarray(new.theta).tobytes() == np.asarray(old.theta).tobytes()
+  configs = [json.load(open(tmp_path / name / "config.json")) for name in ("new", "old")]
+  assert configs[0] == configs[1] and configs[0]["meta_lr"] == 0.03
+  assert configs[0]["max_update"] == 0.05 and configs[0]["checkpoint_every"] == 4
+  with pytest.raises(TypeError, match="unexpected keyword argument 'meta_rate'"):
+    metaopt.tune(SYSTEM, jnp.float32(0.0), meta_rate=0.1)
+  with pytest.raises(ValueError, match=r"either output or \['logdir'\]"):
+    with pytest.warns(DeprecationWarning):
+      metaopt.tune(SYSTEM, jnp.float32(0.0), output=tmp_path / "x", logdir=tmp_path / "y")
+  assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -1,5 +1,6 @@
-"""A user's own model: the README's "Tune your own model" examples, and a module of one's own
-outside the package driven by launch.tune (TensorBoard read back, resume) and launch.study."""
+"""A user's own model: the "Tune your own model" examples (docs/guides/own_model.md; the README
+shows the first, the same text: tests/test_readme.py), and a module of one's own outside the
+package driven by launch.tune (TensorBoard read back, resume) and launch.study."""
 
 import json
 import os
@@ -51,9 +52,10 @@ USERMOD = textwrap.dedent('''
 
 
 def readme_examples():
-  section = (ROOT / "README.md").read_text().split("## Tune your own model", 1)[1]
-  section = section.split("\n## ", 1)[0]
-  return re.findall(r"```python\n(.*?)```", section, re.S)
+  """The python blocks of the "Tune your own model" guide: the plain-JAX MLP, then Flax."""
+  guide = (ROOT / "docs" / "guides" / "own_model.md").read_text()
+  assert guide.startswith("# Tune your own model\n")
+  return re.findall(r"```python\n(.*?)```", guide, re.S)
 
 
 @pytest.fixture
@@ -84,7 +86,7 @@ def test_readme_examples_run_as_written_tune_and_log(index, logdir, tmp_path, mo
   assert len([l for l in code.splitlines() if l.strip()]) <= 25, "an example grew past 25 lines"
   monkeypatch.chdir(tmp_path)
   scope = {}
-  exec(compile(code, f"README example {index}", "exec"), scope)
+  exec(compile(code, f"own_model.md example {index}", "exec"), scope)
   result, problem = scope["result"], scope["problem"]
   out = capsys.readouterr().out
   assert "untuned" in out and "step 60/60" in out

@@ -82,11 +82,11 @@ INT_THETA = {"log_scale": jnp.int32(1), "drive": THETA["drive"]}
 
 
 def _elementwise():
-  cell = metaopt.ElementwiseCell(
+  cell = metaopt.recurrent.ElementwiseCell(
       initial=lambda p: jnp.zeros(1),
       step=lambda h, p, x: h + p["rate"] * (jnp.tanh(p["v"] @ x) - h),
       output=lambda h, p, x: h)
-  system = metaopt.elementwise_system(
+  system = metaopt.recurrent.elementwise_system(
       cell, stream_init=lambda key: jnp.float32(0.0),
       observe=lambda t, key: (t + 1, jnp.array([jnp.sin(t), 1.0]), jnp.cos(t)),
       readout_loss=lambda r, o, y: (r @ o[:, 0] - y) ** 2, horizon=6)
@@ -329,16 +329,16 @@ BAD_CALLS = [
         metaopt.rtrl(SYSTEM, num_steps=2), THETA, None, num_windows=3), "key"),
     ("sum_window_grads_estimator_none", lambda: metaopt.sum_window_grads(
         None, THETA, KEY, num_windows=3), "estimator"),
-    ("evaluate_horizon_key_0", lambda: metaopt.evaluate_horizon(SYSTEM, THETA, 0), "key"),
+    ("evaluate_horizon_key_0", lambda: metaopt.horizon.evaluate_horizon(SYSTEM, THETA, 0), "key"),
     ("evaluate_horizon_evaluate_str",
-     lambda: metaopt.evaluate_horizon(SYSTEM, THETA, KEY, evaluate="loss"), "evaluate"),
-    ("evaluate_horizon_theta_int", lambda: metaopt.evaluate_horizon(SYSTEM, INT_THETA, KEY),
+     lambda: metaopt.horizon.evaluate_horizon(SYSTEM, THETA, KEY, evaluate="loss"), "evaluate"),
+    ("evaluate_horizon_theta_int", lambda: metaopt.horizon.evaluate_horizon(SYSTEM, INT_THETA, KEY),
      "theta"),
-    ("evaluate_horizon_system_none", lambda: metaopt.evaluate_horizon(None, THETA, KEY),
+    ("evaluate_horizon_system_none", lambda: metaopt.horizon.evaluate_horizon(None, THETA, KEY),
      "system"),
-    ("window_keys_num_windows_0", lambda: metaopt.window_keys(KEY, 0), "num_windows"),
-    ("window_keys_key_0", lambda: metaopt.window_keys(0, 2), "key"),
-    ("split_window_key_num_steps_0", lambda: metaopt.split_window_key(KEY, 0), "num_steps"),
+    ("window_keys_num_windows_0", lambda: metaopt.horizon.window_keys(KEY, 0), "num_windows"),
+    ("window_keys_key_0", lambda: metaopt.horizon.window_keys(0, 2), "key"),
+    ("split_window_key_num_steps_0", lambda: metaopt.horizon.split_window_key(KEY, 0), "num_steps"),
 ]
 # Theta that does not match the state's, and a bad key, at every estimator's unroll.
 for _name, (_make, _system_, _theta) in ESTIMATORS.items():
@@ -399,7 +399,7 @@ GOOD_CALLS = [
     ("unroll_python_float_leaf", lambda: _unroll("tbptt", {"log_scale": 0.2,
                                                            "drive": THETA["drive"]})),
     ("unroll_numpy_leaves", lambda: _unroll("uoro", jax.tree.map(np.asarray, THETA))),
-    ("window_keys_np_int64", lambda: metaopt.window_keys(KEY, np.int64(2))),
+    ("window_keys_np_int64", lambda: metaopt.horizon.window_keys(KEY, np.int64(2))),
 ]
 
 

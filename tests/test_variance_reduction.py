@@ -117,7 +117,7 @@ def horizon_draws(est, system, theta, num_horizons, samples=2000, seed=3, num_st
   def one(key):
     total = metaopt.sum_window_grads(est, theta, key, num_windows=num_windows)
     exact = metaopt.exact_grad(system, theta, key, num_steps=num_steps, num_windows=num_windows)
-    init_key, keys = metaopt.window_keys(key, 1)
+    init_key, keys = metaopt.horizon.window_keys(key, 1)
     _, _, metrics = est.unroll(est.init(init_key, theta), theta, keys[0])
     return systems.flat(total) - systems.flat(exact), metrics
 
@@ -280,7 +280,7 @@ def test_oracle_eigh_runs_one_matrix_at_a_time_under_vmap():
   """jaxlib's CPU eigh spreads a batch over XLA's intra-op pool and blocks a pool thread while it
   waits; two such batched calls at once deadlocked a 2-core machine (the oracle's estimate and
   metrics, vmapped over samples). Under vmap the oracle's eigh must stay unbatched."""
-  from metaopt._src import shaping
+  from metaopt._src.estimators import shaping
   a = jax.random.normal(jax.random.key(0), (64, 40, 40))
   b = a @ jnp.swapaxes(a, 1, 2)
   both = jax.jit(jax.vmap(lambda m: (shaping._eigh(m)[0], shaping._eigh(m + 1.0)[0])))

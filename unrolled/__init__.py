@@ -1,4 +1,4 @@
-"""Inner problems as `metaopt.UnrolledSystem`s, plus the optax adapter and learnable schedules.
+"""Inner problems as ``metaopt.UnrolledSystem`` instances, plus the optax adapter and learnable schedules.
 
 Select problems by name with :func:`get` and :func:`names`.
 """

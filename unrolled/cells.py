@@ -1,7 +1,7 @@
 """Recurrent cells for online learning: eLSTM and RTUs (element-wise), and a dense tanh RNN.
 
 Each cell is a :class:`RecurrentLayer`: per-unit functions (a
-:class:`metaopt.ElementwiseCell`) plus a parameter initialiser that returns
+:class:`metaopt.recurrent.ElementwiseCell`) plus a parameter initialiser that returns
 one row per unit. The dense tanh RNN is here for comparison: its recurrence
 mixes units, so only generic estimators apply to it.
 """
@@ -27,7 +27,7 @@ class RecurrentLayer(NamedTuple):
     num_outputs: O, the output size per unit.
     dense_step: for a dense recurrence, ``dense_step(hidden (N, C), params, x) -> hidden``.
   """
-  cell: metaopt.ElementwiseCell | None
+  cell: metaopt.recurrent.ElementwiseCell | None
   init_params: Callable
   num_channels: int
   num_outputs: int
@@ -85,7 +85,7 @@ def elstm(forget_bias: float = 1.0, *, output_gate: str = "cell") -> RecurrentLa
       params.update(W_o=_normal(k[2], (n, input_size), input_size), b_o=jnp.zeros(n))
     return params
 
-  return RecurrentLayer(metaopt.ElementwiseCell(initial, step, output), init_params, 1, 1)
+  return RecurrentLayer(metaopt.recurrent.ElementwiseCell(initial, step, output), init_params, 1, 1)
 
 
 def rtu(*, linear: bool = True, activation: str = "tanh", r_min: float = 0.5,
@@ -150,7 +150,7 @@ def rtu(*, linear: bool = True, activation: str = "tanh", r_min: float = 0.5,
             "W1": _normal(k[2], (num_units, input_size), input_size),
             "W2": _normal(k[3], (num_units, input_size), input_size)}
 
-  return RecurrentLayer(metaopt.ElementwiseCell(initial, step, output), init_params, 2, 2)
+  return RecurrentLayer(metaopt.recurrent.ElementwiseCell(initial, step, output), init_params, 2, 2)
 
 
 def rtu_reference(*, linear: bool = True) -> RecurrentLayer:

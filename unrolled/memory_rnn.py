@@ -15,7 +15,7 @@ def memory_rnn(*, hidden_size: int = 8, delay: int = 5, horizon: int = 50,
   theta is every weight ({"cell": {"W_h", "W_x", "b"}, "readout": {"w", "b"}});
   the inner state is the hidden state (``hidden_size`` floats) and the
   stream's position; the loss of a horizon is the summed cross-entropy of the
-  recall predictions. Built with :func:`metaopt.dense_system`, so
+  recall predictions. Built with :func:`metaopt.recurrent.dense_system`, so
   :func:`metaopt.uoro_preactivation` applies, and small enough for the
   oracle noise shaping of :func:`metaopt.uoro`.
 

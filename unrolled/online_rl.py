@@ -23,7 +23,7 @@ class OnlineAgent(NamedTuple):
   """An agent trained online.
 
   Attributes:
-    system: a :class:`metaopt.AgentSystem`.
+    system: a :class:`metaopt.rl.AgentSystem`.
     theta: initial weights, ``{"cell": ..., "readout": {"pi_w", "pi_b", "v_w", "v_b"}}``.
     env: the :class:`unrolled.envs.Env`.
     description: one line.
@@ -36,7 +36,7 @@ class OnlineAgent(NamedTuple):
   num_params: int
 
 
-def dense_tanh_block(num_units: int) -> metaopt.ElementwiseCell:
+def dense_tanh_block(num_units: int) -> metaopt.recurrent.ElementwiseCell:
   """A dense tanh layer as ONE "unit" of ``num_units`` channels: h' = tanh(W_h h + W_x x + b).
 
   Every channel reads every channel, so the layer is a single block; on it,
@@ -48,7 +48,7 @@ def dense_tanh_block(num_units: int) -> metaopt.ElementwiseCell:
   def step(h, p, x):
     return jnp.tanh(p["W_h"] @ h + p["W_x"] @ x.astype(p["W_x"].dtype) + p["b"])
 
-  return metaopt.ElementwiseCell(initial=lambda p: jnp.zeros_like(p["b"]), step=step,
+  return metaopt.recurrent.ElementwiseCell(initial=lambda p: jnp.zeros_like(p["b"]), step=step,
                                  output=lambda h, p, x: h)
 
 
@@ -64,7 +64,7 @@ def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_
     hidden_size: recurrent units.
     seed: makes the initial weights.
     num_envs: environments side by side.
-    gamma, entropy_cost, value_cost: of the actor-critic loss (:func:`metaopt.agent_system`).
+    gamma, entropy_cost, value_cost: of the actor-critic loss (:func:`metaopt.rl.agent_system`).
     env_options: keyword options of the environment (e.g. ``{"memory_length": 20}``).
     head_hidden: 0 for linear policy and value heads; else each head is a tanh
       layer of this many units and a linear layer (the RTU paper's code: 64).
@@ -130,7 +130,7 @@ def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_
       pi_in = v_in = features
     return (readout["pi_w"] @ pi_in + readout["pi_b"], readout["v_w"] @ v_in + readout["v_b"])
 
-  system = metaopt.agent_system(recurrent, env_reset=environment.reset,
+  system = metaopt.rl.agent_system(recurrent, env_reset=environment.reset,
                                 env_step=environment.step, heads=heads,
                                 horizon=online_rnn.ENDLESS, num_envs=num_envs, gamma=gamma,
                                 entropy_cost=entropy_cost, value_cost=value_cost)
@@ -140,7 +140,7 @@ def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_
   return OnlineAgent(system, theta, environment, description, num_params)
 
 
-def episode_stats(state: metaopt.AgentState) -> dict:
+def episode_stats(state: metaopt.rl.AgentState) -> dict:
   """Totals over environments of the finished episodes' returns, lengths and count."""
   return {"returns": jnp.sum(state.returns), "lengths": jnp.sum(state.lengths),
           "episodes": jnp.sum(state.episodes), "entropy": jnp.sum(state.entropy),

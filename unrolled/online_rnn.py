@@ -20,7 +20,7 @@ class OnlineRNN(NamedTuple):
   """A recurrent network trained online on a stream.
 
   Attributes:
-    system: a :class:`metaopt.ElementwiseSystem` (element-wise cells) or a
+    system: a :class:`metaopt.recurrent.ElementwiseSystem` (element-wise cells) or a
       plain :class:`metaopt.UnrolledSystem` (dense cell).
     theta: initial weights, ``{"cell": ..., "readout": {"w", "b"}}``.
     description: one line.
@@ -79,7 +79,7 @@ def online_rnn(*, cell: str = "elstm", task: str = "delayed_recall", hidden_size
     return -mask * log_p[label]
 
   if layer.cell is not None:
-    system = metaopt.elementwise_system(layer.cell, stream_init=stream.init,
+    system = metaopt.recurrent.elementwise_system(layer.cell, stream_init=stream.init,
                                         observe=stream.observe, readout_loss=readout_loss,
                                         horizon=horizon)
   else:
@@ -89,7 +89,7 @@ def online_rnn(*, cell: str = "elstm", task: str = "delayed_recall", hidden_size
     def body(state, k):
       new_state, loss = system.step(state, theta, k)
       _, x, (label, mask) = stream.observe(state.stream, k)
-      outputs = (metaopt.cell_outputs(layer.cell, new_state.hidden, theta["cell"], x)
+      outputs = (metaopt.recurrent.cell_outputs(layer.cell, new_state.hidden, theta["cell"], x)
                  if layer.cell is not None else new_state.hidden)
       correct = jnp.argmax(logits(theta["readout"], outputs)) == label
       return new_state, (loss, mask, mask * correct)
@@ -107,7 +107,7 @@ def online_rnn(*, cell: str = "elstm", task: str = "delayed_recall", hidden_size
 
 
 def _dense_system(layer, stream, readout_loss, horizon):
-  """The dense tanh layer through metaopt.dense_system, which exposes its preactivations."""
+  """The dense tanh layer through metaopt.recurrent.dense_system, which exposes its preactivations."""
   del layer  # cells.dense_tanh's step is what dense_system computes
-  return metaopt.dense_system(stream_init=stream.init, observe=stream.observe,
+  return metaopt.recurrent.dense_system(stream_init=stream.init, observe=stream.observe,
                               readout_loss=readout_loss, horizon=horizon, activation=jnp.tanh)

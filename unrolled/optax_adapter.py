@@ -300,9 +300,10 @@ def optax_problem(*, loss_fn: Callable, sample_batch: Callable, init_params: Cal
   ``<name>_knots``) for the progress lines and TensorBoard.
 
   Args:
-    loss_fn, sample_batch, init_params, optimizer, hyperparams, horizon,
-      validation_batch, meta_loss, param_groups, validation_batch_size: as for
-      :func:`optax_system`.
+    loss_fn: as for :func:`optax_system`, and so are ``sample_batch``,
+      ``init_params``, ``optimizer``, ``hyperparams``, ``horizon``,
+      ``validation_batch``, ``meta_loss``, ``param_groups`` and
+      ``validation_batch_size``.
     metrics: ``metrics(params) -> dict`` of scalars of the trained parameters
       (e.g. validation accuracy), logged with ``train_loss`` and (given a
       validation batch) ``validation_loss``.

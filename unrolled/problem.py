@@ -37,8 +37,8 @@ class Problem(NamedTuple):
 
 
 def validation(problem: Problem, *, every: int | None = None, seed: int = 1,
-               significance: float = metaopt.DEFAULT_SIGNIFICANCE,
-               radius: float | None = metaopt.DEFAULT_TRUST_RADIUS) -> metaopt.Validation:
+               significance: float = metaopt.tuning.DEFAULT_SIGNIFICANCE,
+               radius: float | None = metaopt.tuning.DEFAULT_TRUST_RADIUS) -> metaopt.Validation:
   """The online tuner's drift guard for a problem: ``metaopt.validation`` of its system, scored by
   the final model's per-example validation losses where the problem has them
   (``Problem.validation_losses``: the paired test), else by the meta-loss of the last tenth,
@@ -74,16 +74,17 @@ def tune_problem(problem: Problem, **options) -> metaopt.TuneResult:
     problem: an :class:`Problem` (from :func:`~unrolled.get`,
       :func:`~unrolled.optax_problem` or a factory of your own).
     **options: ``metaopt.tune``'s keyword options (``estimator``,
-      ``num_steps``, ``outer_steps``, ``logdir``, ...).
+      ``num_steps``, ``meta_optimizer``, ``output``, ...).
 
   Returns:
     The ``metaopt.TuneResult``.
 
   Examples:
-    >>> import unrolled
+    >>> import metaopt, unrolled
     >>> result = unrolled.tune_problem(unrolled.get("influence_balancing", horizon=20),
-    ...                                estimator="rtrl", num_steps=5, meta_optimizer="sgd",
-    ...                                meta_lr=1e-4, outer_steps=8, verbose=False)
+    ...                                estimator="rtrl", num_steps=5, outer_steps=8,
+    ...                                meta_optimizer=metaopt.meta_optimizer("sgd", 1e-4),
+    ...                                verbose=False)
     >>> float(result.theta) < 0.5  # towards the long-horizon optimum -1/6
     True
   """

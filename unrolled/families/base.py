@@ -10,7 +10,7 @@ import optax
 
 import metaopt
 from metaopt import learned_optimizers
-from metaopt._src import base
+from metaopt._src.core import base
 
 
 class TaskFamily(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from metaopt._src import base
+from metaopt._src.core import base
 from unrolled.families.base import TaskFamily
 
 

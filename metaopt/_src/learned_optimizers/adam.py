@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metaopt._src import base
+from metaopt._src.core import base
 from metaopt._src.learned_optimizers.base import LearnedOptimizer
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metaopt._src import base
+from metaopt._src.core import base
 from metaopt._src.learned_optimizers.base import LearnedOptimizer
 
 # learned_optimization's defaults.

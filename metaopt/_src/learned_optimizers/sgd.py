@@ -7,7 +7,7 @@ import math
 import jax.numpy as jnp
 import optax
 
-from metaopt._src import base
+from metaopt._src.core import base
 from metaopt._src.learned_optimizers.base import LearnedOptimizer
 
 

@@ -1,0 +1,17 @@
+"""Online reinforcement learning: an actor-critic agent as an unrolled system, and real-time PPO.
+
+``agent_system`` makes an agent acting in a pure-JAX environment an
+:class:`~metaopt.UnrolledSystem` in its weights (one-step actor-critic, trained
+online by any estimator); ``real_time_ppo`` trains a recurrent agent with PPO
+on rollouts collected while it acts.
+"""
+
+from metaopt._src.rl.agent import agent_system
+from metaopt._src.rl.agent import AgentState
+from metaopt._src.rl.agent import AgentSystem
+from metaopt._src.rl.real_time_ppo import Learner
+from metaopt._src.rl.real_time_ppo import real_time_ppo
+from metaopt._src.rl.real_time_ppo import RealTimePPOState
+
+__all__ = ("agent_system", "AgentState", "AgentSystem", "Learner", "real_time_ppo",
+           "RealTimePPOState")

@@ -1,0 +1,13 @@
+"""Cost of estimators: interleaved wall-clock medians, compile time, peak memory, step breakdown."""
+
+from metaopt._src.devices.timing import compile_seconds
+from metaopt._src.devices.timing import estimator_runner
+from metaopt._src.devices.timing import interleaved_medians
+from metaopt._src.devices.timing import peak_bytes
+from metaopt._src.devices.timing import plain_runner
+from metaopt._src.devices.timing import plain_step_seconds
+from metaopt._src.devices.timing import seconds_per_step
+from metaopt._src.devices.timing import step_breakdown
+
+__all__ = ("compile_seconds", "estimator_runner", "interleaved_medians", "peak_bytes",
+           "plain_runner", "plain_step_seconds", "seconds_per_step", "step_breakdown")
