@@ -8,10 +8,14 @@ it, burying the line that names the problem).
 from __future__ import annotations
 
 import logging
-import re
 import sys
 
 from absl import app
+
+# Shared with studies/ (the launchers' logic lives there); re-exported for the launch scripts.
+from studies.paths import check_bytes  # noqa: F401
+from studies.paths import safe_name  # noqa: F401
+from studies.paths import WEIGHTS  # noqa: F401
 
 # absl asks for help with these and then exits with status 1; asking for help is no error.
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort", "--helpfull",
@@ -37,26 +41,3 @@ def run(main) -> None:
     if e.code == 1 and any(a.split("=")[0] in HELP_FLAGS for a in sys.argv[1:]):
       sys.exit(0)
     raise
-
-
-class _Weights:
-  """``metaopt.devices.state_bytes`` of the weights themselves: an 'estimator' whose state is theta."""
-  init = staticmethod(lambda key, theta: theta)
-
-
-WEIGHTS = _Weights()
-
-
-def check_bytes(nbytes: int, what: str, flags_named: str, *, working_factor: int = 4) -> None:
-  """Refuses (``app.UsageError`` naming ``flags_named``) what would not fit in memory."""
-  import metaopt  # pylint: disable=g-import-not-at-top  (keeps `launch` import light)
-  have = metaopt.devices.available_bytes()
-  if have is not None and working_factor * nbytes > have:
-    raise app.UsageError(f"{flags_named}: {what} need about "
-                         f"{working_factor * nbytes / 2**30:.3g} GiB with working memory; "
-                         f"{have / 2**30:.3g} GiB is available: lower it")
-
-
-def safe_name(spec: str) -> str:
-  """A folder name for an estimator spec such as ``tbptt[num_steps=5]``."""
-  return re.sub(r"[^A-Za-z0-9_.=-]", "_", spec)

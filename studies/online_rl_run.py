@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import launch
 import metaopt
+from studies import paths
 from studies import report
 import unrolled
 from unrolled import online_rl
@@ -82,7 +82,7 @@ def validate_flags(f):
   for name, values in (("cells", f.cells), ("estimators", f.estimators)):
     if not values:
       raise app.UsageError(f"--{name} is empty")
-    if len(set(map(launch.safe_name, values))) < len(values):
+    if len(set(map(paths.safe_name, values))) < len(values):
       raise app.UsageError(f"--{name} {values} repeats an entry")
   for cell in f.cells:
     if cell not in online_rl.AGENT_CELLS:
@@ -91,7 +91,7 @@ def validate_flags(f):
   try:
     for cell in f.cells:  # the weights' size from shapes alone, before any allocation
       _check_bytes(f, f.seeds * metaopt.devices.state_bytes(
-          launch.WEIGHTS, jax.eval_shape(lambda: build(f, cell, 0).theta)),
+          paths.WEIGHTS, jax.eval_shape(lambda: build(f, cell, 0).theta)),
                    f"the weights of {cell}")
     agents = {cell: build(f, cell, 0) for cell in f.cells}
   except ValueError as e:
@@ -123,11 +123,11 @@ def validate_flags(f):
     lock = metaopt.files.lock_folder(logdir)  # held until the process ends
     metaopt.files.remove_stale_temporaries(logdir)
     metaopt.files.refuse_links(logdir, ["summary.json", "summary.md", "returns.png"]
-                         + [launch.safe_name(c) for c in f.cells])
+                         + [paths.safe_name(c) for c in f.cells])
     for cell in f.cells:
-      metaopt.files.make_folder(os.path.join(logdir, launch.safe_name(cell)))
-      metaopt.files.refuse_links(os.path.join(logdir, launch.safe_name(cell)),
-                           [launch.safe_name(s) for s in f.estimators])
+      metaopt.files.make_folder(os.path.join(logdir, paths.safe_name(cell)))
+      metaopt.files.refuse_links(os.path.join(logdir, paths.safe_name(cell)),
+                           [paths.safe_name(s) for s in f.estimators])
   except OSError as e:
     raise app.UsageError(f"--logdir {logdir!r}: {e.strerror or e}") from None
   return agents, windows, logdir, lock
@@ -135,7 +135,7 @@ def validate_flags(f):
 
 def _check_bytes(f, nbytes, what):
   """Refuses what would not fit in memory, naming the flags that size it."""
-  launch.check_bytes(nbytes, what, f"--hidden_size={f.hidden_size}, --num_envs="
+  paths.check_bytes(nbytes, what, f"--hidden_size={f.hidden_size}, --num_envs="
                      f"{f.num_envs}, --seeds={f.seeds}")
 
 
@@ -350,7 +350,7 @@ def main(f, argv):
   runs = {}
   for cell in f.cells:  # a foreign checkpoint is refused before any compute
     for spec, window in windows.items():
-      folder = os.path.join(logdir, launch.safe_name(cell), launch.safe_name(spec))
+      folder = os.path.join(logdir, paths.safe_name(cell), paths.safe_name(spec))
       runs[cell, spec] = folder, setup(f, cell, spec, window, folder)
       try:
         restore(f, runs[cell, spec][1], cell, spec)

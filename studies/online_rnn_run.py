@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import launch
 import metaopt
+from studies import paths
 from studies import report
 import unrolled
 from unrolled import online_rnn
@@ -49,7 +49,7 @@ def validate_flags(f):
     raise app.UsageError(f"--seed must be in [0, 2**32), got {f.seed}")
   if not f.estimators:
     raise app.UsageError("--estimators is empty")
-  folders = [launch.safe_name(spec) for spec in f.estimators]
+  folders = [paths.safe_name(spec) for spec in f.estimators]
   if len(set(folders)) < len(folders):
     raise app.UsageError(f"--estimators {f.estimators} repeats an estimator (or two specs "
                          f"share a log folder: {folders})")
@@ -68,7 +68,7 @@ def validate_flags(f):
         cell=f.cell, task=f.task, hidden_size=f.hidden_size, seed=f.seed,
         eval_steps=f.eval_steps, task_options=task_options)
     # The weights' size from shapes alone: an absurd --hidden_size is refused before allocation.
-    _check_bytes(f, metaopt.devices.state_bytes(launch.WEIGHTS,
+    _check_bytes(f, metaopt.devices.state_bytes(paths.WEIGHTS,
                                                 jax.eval_shape(lambda: build().theta)), "weights")
     problem = build()
   except ValueError as e:
@@ -112,7 +112,7 @@ def validate_flags(f):
 
 def _check_bytes(f, nbytes, what):
   """Refuses what would not fit in memory, naming --hidden_size."""
-  launch.check_bytes(nbytes, what, f"--hidden_size={f.hidden_size}")
+  paths.check_bytes(nbytes, what, f"--hidden_size={f.hidden_size}")
 
 
 def claim_logdir(f, logdir):
@@ -121,7 +121,7 @@ def claim_logdir(f, logdir):
     claim_logdir.lock = metaopt.files.lock_folder(logdir)  # held until the process ends
     metaopt.files.remove_stale_temporaries(logdir)
     metaopt.files.refuse_links(logdir, ["summary.json", "summary.md", "accuracy.png"] +
-                         [launch.safe_name(spec) for spec in f.estimators])
+                         [paths.safe_name(spec) for spec in f.estimators])
   except OSError as e:
     raise app.UsageError(f"--logdir: {e.strerror or e}") from None
 
@@ -217,7 +217,7 @@ def main(f, argv):
   forward = forward_seconds_per_step(f, problem)
   records = []
   for spec, window in windows.items():
-    with metaopt.tensorboard.SummaryWriter(os.path.join(logdir, launch.safe_name(spec))) as writer:
+    with metaopt.tensorboard.SummaryWriter(os.path.join(logdir, paths.safe_name(spec))) as writer:
       record = train(f, problem, spec, window, writer)
     records.append(record)
     ratio = (record["seconds_per_step"] or float("nan")) / forward

@@ -1,9 +1,12 @@
-"""Checks of user-given names and folders before anything is written (shared by the launchers)."""
+"""Checks of user-given names, folders and sizes before anything is written (shared by the
+launchers)."""
 
 from __future__ import annotations
 
 import os
 import re
+
+from absl import app
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}")
 
@@ -60,3 +63,26 @@ def check_writable_dir(path: str, *, flag: str) -> str:
   except OSError:
     pass
   return path
+
+
+class _Weights:
+  """``metaopt.devices.state_bytes`` of the weights themselves: an 'estimator' whose state is theta."""
+  init = staticmethod(lambda key, theta: theta)
+
+
+WEIGHTS = _Weights()
+
+
+def check_bytes(nbytes: int, what: str, flags_named: str, *, working_factor: int = 4) -> None:
+  """Refuses (``app.UsageError`` naming ``flags_named``) what would not fit in memory."""
+  import metaopt  # pylint: disable=g-import-not-at-top  (keeps this module's import light)
+  have = metaopt.devices.available_bytes()
+  if have is not None and working_factor * nbytes > have:
+    raise app.UsageError(f"{flags_named}: {what} need about "
+                         f"{working_factor * nbytes / 2**30:.3g} GiB with working memory; "
+                         f"{have / 2**30:.3g} GiB is available: lower it")
+
+
+def safe_name(spec: str) -> str:
+  """A folder name for an estimator spec such as ``tbptt[num_steps=5]``."""
+  return re.sub(r"[^A-Za-z0-9_.=-]", "_", spec)

@@ -52,7 +52,7 @@ def describe_optimizer(opt):
   return f"{options['name']}(lr={options['learning_rate']})" if options else "custom"
 
 
-# tune's options before they were grouped: name -> the group that holds it now.
+# tune's options before they were grouped, by the group that holds them now.
 _MOVED_META = ("meta_lr", "max_grad_norm", "max_update", "warmup_steps", "decay_steps")
 _MOVED_OUTPUT = ("logdir", "checkpoint_every", "log_every", "image_every")
 
