@@ -176,7 +176,9 @@ def test_vmap_over_keys_matches_separate_calls(name):
   for i, key in enumerate(keys):
     _, grad, m = unroll(init(key, theta), theta, key)
     chex.assert_tree_all_finite(grad)  # assert_trees_all_close takes NaN for equal to NaN
-    chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], grads), grad, rtol=1e-5, atol=1e-6)
+    # ES divides loss differences by sigma^2: the batched program's other rounding shows at ~1e-5.
+    rtol = 1e-4 if name in ("pes", "truncated_es", "nres") else 1e-5
+    chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], grads), grad, rtol=rtol, atol=1e-6)
     np.testing.assert_allclose(metrics["loss"][i], m["loss"], rtol=1e-5)
 
 

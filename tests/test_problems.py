@@ -84,8 +84,11 @@ def test_mnist1d_is_generated_locally_has_22_hyperparameters_and_learns(model, f
   assert sum(x.size for x in jax.tree.leaves(problem.theta)) == 22
   assert problem.hyperparameters(problem.theta)["learning_rate_curve"].shape == (3, 300)
   key = jax.random.key(0)
+  # 300 steps of training, compiled as XLA does by default (conftest trades run time for compile
+  # time, which here would cost 30 s).
   final, _ = jax.jit(lambda th: metaopt.full_unroll(
-      problem.system, th, key, jax.random.split(key, 300)))(problem.theta)
+      problem.system, th, key, jax.random.split(key, 300)), compiler_options={
+          "xla_backend_optimization_level": 2, "xla_cpu_use_fusion_emitters": True})(problem.theta)
   metrics = problem.evaluate(final)
   print(f"\n{problem.description}\n  after 300 steps: {metrics}")
   assert metrics["test_accuracy"] >= floor
