@@ -438,23 +438,96 @@ def tuning_figures(study, folder):
                 "dotted: the online tuner's current theta, retrained (a diagnostic)")]
 
 
-def tensorboard_sessions(study, folder, metrics):
-  """One hparams session per finished trial under folder/trial_<nnnn> (zero-padded: sessions
-  sort by number), with only the settings its estimator uses, to sort and filter trials."""
-  for t in complete_trials(study):
-    name = f"trial_{t.number:04d}"
-    run = os.path.join(folder, name)
-    if os.path.isdir(run):
-      continue  # written by an earlier report
+# Each trial's end in TensorBoard's HParams table (its status column); a pruned trial ended
+# early by the study's choice: a failure there, told apart by its `trial_state` column.
+_STATUS = {"COMPLETE": "STATUS_SUCCESS", "FAIL": "STATUS_FAILURE", "PRUNED": "STATUS_FAILURE"}
+BIAS_VARIANCE_METRICS = {
+    "bias2": "squared bias of the estimator against the exact hypergradient",
+    "variance": "variance of one estimate (trace, over samples)",
+    "mse": "bias2 + variance", "relative_mse": "mse / |exact hypergradient|^2",
+    "cost_seconds": "seconds per window (estimator, one chain)",
+    "cost_plain_steps": "cost in plain inner steps per window"}
+
+
+def tuning_metrics(trial, budgets):
+  """A tuning trial's HParams metrics: its objective, test and validation loss and accuracy at
+  each budget (its best model so far), whether it diverged and its cost."""
+  from studies import tuning  # pylint: disable=g-import-not-at-top
+  out = {}
+  if trial.values:
+    out["objective"] = float(trial.values[0])
+  for b in sorted(budgets, reverse=True):  # HParams checks its first columns: the largest
+    at = (trial.user_attrs.get("at_budget") or {}).get(str(b)) or {}
+    for k in ("test_loss", "test_accuracy", "validation_loss"):
+      if k in at:
+        out[f"budget_{b}/{k}"] = float(at[k])
+  if "inner_steps" in trial.user_attrs:
+    out["cost/inner_steps"] = float(trial.user_attrs["inner_steps"])
+  curve = trial.user_attrs.get("current_curve") or trial.user_attrs.get("curve")
+  if curve and str(trial.params.get("method", "")).startswith("online:"):
+    out["diverged"] = float(tuning.diverged(curve[0][1], [c[1] for c in curve],
+                                            trial.user_attrs.get("num_skipped", 0)))
+  return out
+
+
+def tensorboard_sessions(study, folder, kind):
+  """One hparams session per finished trial (complete, failed or pruned) under
+  folder/trial_<nnnn> (zero-padded: sessions sort by number), with only the settings its
+  estimator uses, its metrics and its status; a tuning trial's learning curve
+  (``curve/<metric>`` against the budget in training runs); and the study's experiment
+  (every setting's values, every metric's description) in ``folder`` itself, rewritten."""
+  finished = [t for t in study.trials if t.state.name in _STATUS]
+  budgets = sorted({int(b) for t in finished for b in (t.user_attrs.get("at_budget") or {})})
+  settings, metrics = {}, {}
+  for t in finished:
     params = dict(t.user_attrs.get("settings", t.params))
     if "estimator" in params:  # rtrl has no particles: no num_particles column for it
       takes = metaopt.estimator_info(params["estimator"]).takes
       params = {k: v for k, v in params.items()
                 if k not in ("num_steps", "num_particles", "sigma") or k in takes}
-    writer = metaopt.tensorboard.SummaryWriter(run)
-    values = {m: float(t.user_attrs[m]) for m in metrics if m in t.user_attrs}
-    writer.hparams(params, values, step=0, trial_id=name)
-    writer.close()
+    params["trial_state"] = t.state.name
+    for k, v in params.items():
+      settings.setdefault(k, []).append(v if isinstance(v, (bool, int, float, str)) else str(v))
+    if kind == "bias_variance":
+      values = {m: float(t.user_attrs[m]) for m in BIAS_VARIANCE_METRICS if m in t.user_attrs}
+    else:
+      values = tuning_metrics(t, budgets)
+    for m in values:
+      metrics.setdefault(m, BIAS_VARIANCE_METRICS.get(m) or _tuning_description(m))
+    name = f"trial_{t.number:04d}"
+    run = os.path.join(folder, name)
+    if os.path.isdir(run):
+      continue  # written by an earlier report
+    with metaopt.tensorboard.SummaryWriter(run) as writer:
+      writer.hparams(params, values, step=0, trial_id=name, experiment=False,
+                     status=_STATUS[t.state.name])
+      for b in budgets:
+        at = (t.user_attrs.get("at_budget") or {}).get(str(b)) or {}
+        for k in ("test_loss", "validation_loss", "test_accuracy"):
+          if k in at:
+            writer.scalar(f"curve/{k}", at[k], b, description=(
+                f"{k.replace('_', ' ')} of the trial's best model so far; x: budget in "
+                "training runs spent"))
+  if not finished:
+    return
+  os.makedirs(folder, exist_ok=True)
+  for entry in os.scandir(folder):  # the previous report's experiment: replaced
+    if entry.name.startswith("events.out.tfevents.") and entry.is_file(follow_symlinks=False):
+      os.remove(entry.path)
+  with metaopt.tensorboard.SummaryWriter(folder) as writer:
+    writer.experiment(settings, metrics)
+
+
+def _tuning_description(metric):
+  if metric == "objective":
+    return "the value Optuna recorded: validation loss at the largest budget"
+  if metric == "diverged":
+    return "1 if the online tuner's retrained curve diverged (or it skipped steps)"
+  if metric == "cost/inner_steps":
+    return "inner steps spent (every particle and validation run counted)"
+  budget, what = metric.split("/", 1)
+  return (f"{what.replace('_', ' ')} of the best model so far (by validation), at a budget of "
+          f"{budget.split('_', 1)[1]} training runs")
 
 
 def write_report(study, kind, folder):
@@ -463,9 +536,7 @@ def write_report(study, kind, folder):
   write_csv(study, os.path.join(folder, "trials.csv"))
   if kind == "bias_variance":
     figures = bias_variance_figures(study, folder)
-    tensorboard_sessions(study, os.path.join(folder, "tensorboard"),
-                         ["bias2", "variance", "mse", "relative_mse", "cost_seconds",
-                          "cost_plain_steps"])
+    tensorboard_sessions(study, os.path.join(folder, "tensorboard"), kind)
     if complete_trials(study):
       text = ("Pareto front of (bias^2, variance, cost):\n\n" + pareto_table(study)
               + "\n\nAll finished trials:\n\n"
@@ -474,7 +545,7 @@ def write_report(study, kind, folder):
       text = "no finished trials"
   else:
     figures = tuning_figures(study, folder)
-    tensorboard_sessions(study, os.path.join(folder, "tensorboard"), ["inner_steps"])
+    tensorboard_sessions(study, os.path.join(folder, "tensorboard"), kind)
     text = tuning_table(study)
     with open(os.path.join(folder, "summary.json"), "w") as f:
       json.dump(tuning_summary(study), f, indent=1)

@@ -53,8 +53,9 @@ def test_a_run_end_to_end(tmp_path):
   assert set(summary["tuned"]) >= {"meta_loss_mean"}
   assert summary["config"]["problem"] == "influence_balancing"
   tags = read_events(logdir).Tags()["tensors"]
-  assert {"loss/window_sum", "hyperparameters/theta", "hypergrad/theta", "estimator/rho0",
-          "hypergrad_time/variance/theta", "_hparams_/session_start_info"} <= set(tags)
+  assert {"loss/per_inner_step", "hyperparameters/theta", "hypergrad/theta", "estimator/rho0",
+          "hypergrad_horizon/mean/theta", "_hparams_/session_start_info",
+          "_hparams_/session_end_info"} <= set(tags)
 
 
 def test_tensorboard_holds_schedule_chains_and_hparams(tmp_path):
@@ -69,11 +70,13 @@ def test_tensorboard_holds_schedule_chains_and_hparams(tmp_path):
   # theta's knots and the schedule's values there share their names (knot_<k>/<layer>)
   assert {"hyperparameters/learning_rate/knot_0/0", "hyperparameters/learning_rate/knot_1/0",
           "hyperparameters/learning_rate/knot_2/1", "hypergrad/learning_rate/knot_2/1",
-          "hypergrad_chains/variance/learning_rate/knot_0/0",
-          "hypergrad_chains/snr/learning_rate/knot_2/1",
+          "hypergrad_horizon/lower/learning_rate/knot_0/0",
+          "hypergrad_horizon/snr/learning_rate/knot_2/1",
           "hypergrad_chains/samples/learning_rate/knot_0/0", "eval/validation_loss",
           "eval/train_loss", "eval/validation_accuracy", "_hparams_/experiment",
-          "_hparams_/session_start_info", "final/validation_loss"} <= tensors, sorted(tensors)
+          "_hparams_/session_start_info", "final/tuned/validation_loss",
+          "final/untuned/validation_loss",
+          "final/hyperparameters/learning_rate/knot_1/0"} <= tensors, sorted(tensors)
   hist = acc.Tensors("hypergrad_chains/samples/learning_rate/knot_0/0")
   assert len(hist) == 8
   assert "schedule/learning_rate" in acc.Tags()["images"]
@@ -158,7 +161,7 @@ def test_sigkill_and_resume_ends_bit_identical(tmp_path):
   a = json.load(open(os.path.join(reference, "summary.json")))
   b = json.load(open(os.path.join(killed, "summary.json")))
   assert a["theta"] == b["theta"]  # bit-identical on CPU
-  for tag in ("loss/window_sum", "hypergrad/learning_rate", "hyperparameters/learning_rate"):
+  for tag in ("loss/per_inner_step", "hypergrad/learning_rate", "hyperparameters/learning_rate"):
     events = read_events(killed).Tensors(tag)
     assert [e.step for e in events] == list(range(1, 601)), tag
     ref = read_events(reference).Tensors(tag)

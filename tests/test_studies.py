@@ -105,7 +105,9 @@ def test_two_sqlite_workers_share_one_study_and_a_rerun_continues_it(tmp_path):
   for name in ("trials.csv", "bias2_vs_variance.png", "cost_vs_mse.png",
                "variance_vs_cost.png", "summary.md"):
     assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
-  assert len(os.listdir(os.path.join(out_dir, "tensorboard"))) == 6
+  board = os.listdir(os.path.join(out_dir, "tensorboard"))  # a session per trial, the experiment
+  assert len([f for f in board if f.startswith("trial_")]) == 6
+  assert len([f for f in board if f.startswith("events.")]) == 1
   assert "| trial | estimator |" in run.stdout
   # Rerunning continues the study up to the new target instead of starting over.
   run = subprocess.run(study_cmd(*TINY, "--n_trials=8", "--study_name=s",
@@ -418,15 +420,19 @@ def test_trial_sessions_are_zero_padded_and_hold_only_the_options_used(tmp_path)
 
   class Study:  # what tensorboard_sessions reads of a study
     trials = FAKE
-  report.tensorboard_sessions(Study(), str(tmp_path), ["bias2", "variance"])
-  assert sorted(os.listdir(tmp_path)) == [f"trial_000{i}" for i in range(5)]
+  report.tensorboard_sessions(Study(), str(tmp_path), "bias_variance")
+  listed = sorted(os.listdir(tmp_path))  # the sessions and the experiment's event file
+  assert listed[1:] == [f"trial_000{i}" for i in range(5)] and listed[0].startswith("events.")
   for number, used in ((2, {"estimator", "num_steps", "num_chains"}),
                        (0, {"estimator", "num_steps", "num_particles", "sigma", "num_chains"})):
     acc = event_accumulator.EventAccumulator(str(tmp_path / f"trial_000{number}"))
     acc.Reload()
     info = plugin_data_pb2.HParamsPluginData.FromString(acc.summary_metadata[
         "_hparams_/session_start_info"].plugin_data.content).session_start_info
-    assert set(info.hparams) == used and info.group_name == f"trial_000{number}"
+    assert set(info.hparams) == used | {"trial_state"}
+    assert info.group_name == f"trial_000{number}"
+    assert {"bias2", "variance", "mse", "cost_seconds", "_hparams_/session_end_info"} <= set(
+        acc.Tags()["tensors"])
 
 
 def test_a_grid_has_no_repeated_cells():

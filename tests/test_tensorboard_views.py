@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.util import tensor_util
 
 import metaopt
 import unrolled
@@ -42,20 +43,49 @@ def test_snr_stays_readable_for_a_noiseless_hypergradient():
 
 
 @pytest.mark.parametrize("num_chains", [1, 2, 4])
-def test_snr_is_written_once_enough_samples_exist(num_chains, tmp_path):
-  chains = np.linspace(1.0, 2.0, num_chains)
+def test_each_horizons_summed_hypergradient_and_its_noise_across_chains(num_chains, tmp_path):
+  """Horizons of 3 windows: one point per horizon (its last outer step) of the sum over its
+  windows; mean ∓ one standard error of the chains' mean from 2 chains, the SNR from 4; a
+  horizon with a non-finite step, or entered in its middle (a resume), is left out."""
+  rng = np.random.default_rng(0)
+  chains = rng.normal(1.0, 0.5, size=(12, num_chains))  # outer steps 3..14 of the run
   with metaopt.tensorboard.SummaryWriter(str(tmp_path)) as writer:
-    for step in range(1, 15):  # steps 3 and 4 skipped: 10 finite steps at step 12
-      metaopt.tensorboard.log_tuner_info(writer, info(step, min(2, max(0, step - 2)), chains), step,
-                             names=["lr"], window=5)
+    noise = metaopt.tensorboard.HorizonNoise(writer, ["lr"], num_chains=num_chains, windows=3)
+    for step in range(3, 15):  # resumed at step 3: the horizon of steps 1-3 is incomplete
+      step_info = info(step, 0, chains[step - 3])
+      step_info["finite"] = step != 8  # the horizon of steps 7-9 has a non-finite step
+      noise.add(step_info, step)
   acc = read_events(str(tmp_path))
   tags = set(acc.Tags()["tensors"])
-  assert [e.step for e in acc.Tensors("hypergrad_time/snr/lr")] == [12, 13, 14]
-  assert [e.step for e in acc.Tensors("hypergrad_time/lower/lr")] == list(range(1, 15))
-  # across chains: spread and histogram from 2 chains, an SNR only from 4
-  assert ("hypergrad_chains/samples/lr" in tags) == (num_chains > 1)
-  assert ("hypergrad_chains/variance/lr" in tags) == (num_chains > 1)
-  assert ("hypergrad_chains/snr/lr" in tags) == (num_chains >= 4)
+  assert [e.step for e in acc.Tensors("hypergrad_horizon/mean/lr")] == [6, 12]
+  value = lambda tag: [float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+  sums = np.stack([chains[1:4].sum(0), chains[7:10].sum(0)])  # steps 4-6 and 10-12
+  np.testing.assert_allclose(value("hypergrad_horizon/mean/lr"), sums.mean(1), rtol=1e-6)  # TensorBoard keeps float32
+  assert ("hypergrad_horizon/lower/lr" in tags) == (num_chains > 1)
+  assert ("hypergrad_horizon/snr/lr" in tags) == (num_chains >= 4)
+  if num_chains > 1:
+    se = sums.std(1, ddof=1) / np.sqrt(num_chains)
+    np.testing.assert_allclose(value("hypergrad_horizon/upper/lr"), sums.mean(1) + se, rtol=1e-6)  # TensorBoard keeps float32
+  if num_chains >= 4:
+    mean = sums.mean(1)  # snr floors the variance at 1e-6 mean² (an exact estimate reads 1000)
+    np.testing.assert_allclose(value("hypergrad_horizon/snr/lr"),
+                               np.abs(mean) / np.sqrt(se**2 + 1e-6 * mean**2), rtol=1e-6)
+    description = acc.summary_metadata["hypergrad_horizon/snr/lr"].summary_description
+    assert "standard error of the mean over 4 chains" in description
+
+
+def test_per_window_views_are_the_estimate_and_the_chains_histogram(tmp_path):
+  with metaopt.tensorboard.SummaryWriter(str(tmp_path)) as writer:
+    for step in range(1, 4):
+      metaopt.tensorboard.log_tuner_info(writer, info(step, 0, [1.0, 2.0]), step, names=["lr"],
+                                         window=5)
+  acc = read_events(str(tmp_path))
+  tags = set(acc.Tags()["tensors"])
+  assert {"hypergrad/lr", "hypergrad_chains/samples/lr", "loss/per_inner_step",
+          "diagnostics/finite", "diagnostics/num_skipped"} <= tags
+  assert not {t for t in tags if t.startswith(("hypergrad_time/", "loss/window_sum", "tuner/f"))}
+  assert [float(tensor_util.make_ndarray(e.tensor_proto))
+          for e in acc.Tensors("loss/per_inner_step")] == pytest.approx([0.2] * 3)
 
 
 def test_theta_coordinates_are_named_as_their_hyperparameters():
@@ -103,7 +133,8 @@ def test_progress_lines_say_what_compiles_and_show_the_whole_schedule(tuned):
     assert abs(int(eta) - float(ms) * left / 1e3) <= 0.5 + 1e-9
   assert "learning-rate schedule at its knots, inner steps [0, 10, 19]:" in text
   assert lines[-2:] == [f"summary: {os.path.join(logdir, 'summary.json')}",
-                        f"TensorBoard: tensorboard --logdir {logdir}"]
+                        "TensorBoard: tensorboard --samples_per_plugin=images=100 --logdir "
+                        f"{logdir}"]
 
 
 def test_tensorboard_names_each_coordinate_one_way_and_lays_out_its_noise(tuned):
@@ -115,17 +146,20 @@ def test_tensorboard_names_each_coordinate_one_way_and_lays_out_its_noise(tuned)
   # the schedule's values at theta's knots carry the very names of theta's coordinates
   assert {f"hyperparameters/{c}" for c in hypergrad} <= tags
   assert "hyperparameters/learning_rate" not in tags  # not the value at step 0 alone
-  for which in ("untuned", "tuned"):
-    assert [e.step for e in acc.Tensors(f"schedule/learning_rate/{which}")] == list(range(20))
+  untuned = read_events(os.path.join(logdir, "untuned"))
+  for run in (acc, untuned):  # one tag in two runs: TensorBoard draws a colour each
+    assert [e.step for e in run.Tensors("schedule_curve/learning_rate")] == list(range(20))
   assert {e.step for e in acc.Tensors("hypergrad_chains/samples/learning_rate/knot_0/0")} \
       == set(range(1, 9))
   # the custom-scalars layout: every tag a chart names is written
   layout = layout_pb2.Layout.FromString(
       acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
   titles = [c.title for c in layout.category]
-  assert titles[:6] == [f"hypergradient {c}" for c in metaopt.tensorboard.coordinate_names(
+  assert titles[0] == "did tuning help? (one fresh horizon, same keys)"
+  assert titles[1:7] == [f"hypergradient {c}" for c in metaopt.tensorboard.coordinate_names(
       {"learning_rate": np.zeros((2, 3))}, knots={"learning_rate": 3})]
-  assert titles[6:] == ["schedule learning_rate"]
+  assert titles[7:] == ["schedule learning_rate", "loss and diagnostics"]
+  tags |= set(untuned.Tags()["tensors"])
   for category in layout.category:
     for chart in category.chart:
       for series in chart.margin.series:

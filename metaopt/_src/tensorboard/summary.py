@@ -113,28 +113,26 @@ def snr(mean, variance, *, num_samples: int = 1):
   return np.abs(mean) / np.sqrt(variance / num_samples + 1e-6 * mean**2 + 1e-30)
 
 
-# Finite outer steps before the moving SNR over time is written: with the tuner's default
-# ema_decay 0.9, the moving averages weigh about the last 10 hypergradients.
-MIN_SNR_STEPS = 10
+WINDOW_DESCRIPTION = (
+    "The hypergradient estimate of one window (the mean over the chains), the update the "
+    "meta-optimiser gets at this outer step. It depends on where the window lies in its horizon "
+    "(the first windows of a horizon see the most of it): hypergrad_horizon/* shows each "
+    "horizon's sum. x: outer step.")
 
 
 def log_tuner_info(writer: SummaryWriter, info: Mapping[str, object], step: int, *,
                    names: list[str], window: int) -> None:
   """Logs one outer step's ``info`` from :func:`~metaopt.tuner` (not stacked over steps).
 
-  Tags: ``loss/window_sum`` and ``loss/per_inner_step`` (divided by
-  ``window``), ``tuner/finite``, ``tuner/num_skipped``, ``tuner/num_rollbacks``,
-  ``tuner/step_scale``, ``tuner/best_loss`` (the best validated theta's score, or
-  the best horizon's mean loss without validation), ``estimator/<metric>``
-  for every other metric, and per coordinate ``<name>`` of ``names``:
-  ``hypergrad/<name>`` (the chains' mean), ``hypergrad_time/{mean,variance,
-  lower,upper}/<name>`` (moving averages over time; lower and upper are mean ∓
-  std) and ``hypergrad_time/snr/<name>`` once :data:`MIN_SNR_STEPS` finite
-  steps exist; with more than one chain, ``hypergrad_chains/{variance,lower,
-  upper}/<name>`` (across chains: the chains' mean ∓ their std) and the
-  histogram ``hypergrad_chains/samples/<name>``, and from 4 chains
-  ``hypergrad_chains/snr/<name>`` (that of the chains' mean). SNRs are
-  :func:`snr`'s.
+  Tags: ``loss/per_inner_step`` (the window's summed meta-loss divided by
+  ``window``), ``tuner/best_loss`` (the best validated theta's score, or the
+  best horizon's mean loss without validation), ``estimator/<metric>`` for
+  every other metric, the flat diagnostics ``diagnostics/{finite,num_skipped,
+  num_rollbacks,step_scale}``, and per coordinate ``<name>`` of ``names``:
+  ``hypergrad/<name>`` (the window's estimate, the chains' mean) and, with
+  more than one chain, the histogram ``hypergrad_chains/samples/<name>`` (one
+  value per chain). Each horizon's summed hypergradient and its noise across
+  chains (``hypergrad_horizon/*``) are :class:`metaopt.tensorboard.HorizonNoise`'s.
 
   Args:
     writer: where to write.
@@ -154,38 +152,23 @@ def log_tuner_info(writer: SummaryWriter, info: Mapping[str, object], step: int,
     >>> with metaopt.tensorboard.SummaryWriter(tempfile.mkdtemp()) as writer:
     ...   metaopt.tensorboard.log_tuner_info(writer, jax.device_get(info), 1, names=["theta"], window=2)
   """
-  writer.scalar("loss/window_sum", info["loss"], step)
-  writer.scalar("loss/per_inner_step", np.asarray(info["loss"]) / window, step)
-  writer.scalar("tuner/finite", float(info["finite"]), step)
-  writer.scalar("tuner/num_skipped", info["num_skipped"], step)
-  for k, tag in (("num_rollbacks", "tuner/num_rollbacks"), ("step_scale", "tuner/step_scale"),
-                 ("best_loss", "tuner/best_loss")):
+  writer.scalar("loss/per_inner_step", np.asarray(info["loss"]) / window, step,
+                description=f"The window's meta-loss per inner step (window of {window}, chains' "
+                "mean). x: outer step.")
+  writer.scalar("diagnostics/finite", float(info["finite"]), step)
+  writer.scalar("diagnostics/num_skipped", info["num_skipped"], step)
+  for k, tag in (("num_rollbacks", "diagnostics/num_rollbacks"),
+                 ("step_scale", "diagnostics/step_scale"), ("best_loss", "tuner/best_loss")):
     if k in info and np.isfinite(info[k]):  # no best before the first horizon or validation
       writer.scalar(tag, info[k], step)
   for k, v in info.items():
     if k not in _TUNER_KEYS:
       writer.scalar(f"estimator/{k}", v, step)
   grad, chains = np.asarray(info["grad"]), np.asarray(info["chain_grads"])
-  ema_mean, ema_var = np.asarray(info["grad_ema_mean"]), np.asarray(info["grad_ema_var"])
-  chain_var = np.asarray(info["chain_variance"])
   num_chains = chains.shape[0]
-  finite_steps = int(info["step"]) - int(info["num_skipped"])
   for i, name in enumerate(names):
-    writer.scalar(f"hypergrad/{name}", grad[i], step)
-    std = math.sqrt(ema_var[i])
-    for tag, value in (("mean", ema_mean[i]), ("variance", ema_var[i]),
-                       ("lower", ema_mean[i] - std), ("upper", ema_mean[i] + std)):
-      writer.scalar(f"hypergrad_time/{tag}/{name}", value, step)
-    if finite_steps >= MIN_SNR_STEPS:
-      writer.scalar(f"hypergrad_time/snr/{name}", snr(ema_mean[i], ema_var[i]), step)
+    writer.scalar(f"hypergrad/{name}", grad[i], step, description=WINDOW_DESCRIPTION)
     if num_chains > 1:
-      std = math.sqrt(chain_var[i])
-      for tag, value in (("variance", chain_var[i]), ("lower", grad[i] - std),
-                         ("upper", grad[i] + std)):
-        writer.scalar(f"hypergrad_chains/{tag}/{name}", value, step)
-      if num_chains >= 4:  # a variance from fewer chains is too rough to divide by
-        writer.scalar(f"hypergrad_chains/snr/{name}",
-                      snr(grad[i], chain_var[i], num_samples=num_chains), step)
       writer.histogram(f"hypergrad_chains/samples/{name}", chains[:, i], step,
                        buckets=max(2, min(30, num_chains)))
 
@@ -240,66 +223,92 @@ def log_hyperparameters(writer: SummaryWriter, values: Mapping[str, object], ste
 
 
 def log_schedule_curves(writer: SummaryWriter, untuned: Mapping[str, object],
-                        tuned: Mapping[str, object]) -> None:
+                        tuned: Mapping[str, object], *,
+                        untuned_writer: SummaryWriter | None = None) -> None:
   """Each schedule over the inner steps of one horizon, untuned and tuned, as scalars.
 
-  Tags ``schedule/<name>/untuned`` and ``schedule/<name>/tuned`` (group 0's
-  for one schedule per group), whose step is the INNER step: TensorBoard
-  draws the two schedules over the horizon on one chart.
+  With ``untuned_writer`` (a sub-run's writer), the tag ``schedule_curve/<name>`` in
+  both runs: TensorBoard draws the two in one chart, a colour per run. Without,
+  the tags ``schedule/<name>/untuned`` and ``schedule/<name>/tuned`` in
+  ``writer``. Group 0's schedule for one schedule per group; the step is the
+  INNER step.
   """
+  description = ("The schedule over the inner steps of one horizon (x: INNER step), tuned in "
+                 "run '.', the initial one in run 'untuned'.")
   for key in untuned:
     if key.endswith("_curve"):
       name = key[:-len("_curve")]
-      for which, values in (("untuned", untuned), ("tuned", tuned)):
+      pairs = (((untuned_writer, untuned, f"schedule_curve/{name}"),
+                (writer, tuned, f"schedule_curve/{name}"))
+               if untuned_writer is not None else
+               ((writer, untuned, f"schedule/{name}/untuned"),
+                (writer, tuned, f"schedule/{name}/tuned")))
+      for out, values, tag in pairs:
         curve = np.asarray(values[key]).reshape(-1, np.shape(values[key])[-1])[0]
         for t, v in enumerate(curve):
-          writer.scalar(f"schedule/{name}/{which}", v, t)
+          out.scalar(tag, v, t, description=description)
+
+
+def _chart(title, *tags):
+  return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=list(tags)))
 
 
 def tuner_layout(names: list[str], *, num_chains: int,
-                 schedules: Mapping[str, list[str]] | None = None) -> layout_pb2.Layout:
-  """A TensorBoard custom-scalars layout of :func:`log_tuner_info`'s tags.
+                 schedules: Mapping[str, list[str]] | None = None,
+                 eval_metrics: tuple[str, ...] = (), log_names: frozenset[str] = frozenset(),
+                 windows: int | None = None) -> layout_pb2.Layout:
+  """A TensorBoard custom-scalars layout of what :func:`~metaopt.tune` logs.
 
-  One category per coordinate of theta: margin charts of the hypergradient's
-  mean ± one standard deviation across chains (with more than one chain: the
-  estimator's noise) and over time (its moving averages), and a chart of its
-  signal-to-noise ratio (across chains from 4 chains, else over time); then one category per
-  schedule with its values at the knots over outer steps and its untuned and
-  tuned curves over inner steps (:func:`log_schedule_curves`).
+  Categories, in order: "did tuning help?" (one chart per ``eval_metrics``
+  entry: after one fresh horizon at theta so far, run '.', and at theta0, run
+  'untuned'); per coordinate of theta, its horizon's summed hypergradient
+  (``hypergrad_horizon/*``: mean ± one standard error across chains from 2
+  chains, its signal-to-noise ratio from 4) and the per-window estimate; per
+  schedule, one chart per knot over outer steps and the tuned and untuned
+  curves over inner steps; last, the loss and the flat diagnostics. Titles
+  say the x axis, the units (a coordinate in ``log_names`` is the log of its
+  value) and the definitions.
 
   Args:
     names: :func:`coordinate_names` of theta.
     num_chains: the tuner's chains.
     schedules: ``{name: labels}`` of :func:`schedule_points`.
+    eval_metrics: the metrics of a fresh horizon's evaluation.
+    log_names: the coordinates that are the log of their value.
+    windows: windows per horizon (for the titles).
   """
+  every = f"every {windows} outer steps" if windows else "at each horizon's end"
   categories = []
+  if eval_metrics:
+    categories.append(layout_pb2.Category(title="did tuning help? (one fresh horizon, same keys)",
+                                          chart=[_chart(
+        f"{k}: theta so far (run '.') vs theta0 (run 'untuned'); x: outer step",
+        rf"^eval/{re.escape(k)}$") for k in eval_metrics]))
   for name in names:
-    over_time = layout_pb2.Chart(
-        title=f"{name}: moving mean ± std over time",
+    wrt = f"d loss / d log({name})" if name in log_names else f"d loss / d {name}"
+    charts = [layout_pb2.Chart(
+        title=(f"{wrt}: each horizon's sum over its windows, mean of {num_chains} chains"
+               + (" ± 1 standard error" if num_chains > 1 else "") + f"; x: outer step ({every})"),
         margin=layout_pb2.MarginChartContent(series=[layout_pb2.MarginChartContent.Series(
-            value=f"hypergrad_time/mean/{name}", lower=f"hypergrad_time/lower/{name}",
-            upper=f"hypergrad_time/upper/{name}")]))
-    charts = [over_time]
-    if num_chains > 1:  # the estimator's noise: first
-      charts.insert(0, layout_pb2.Chart(
-          title=f"{name}: mean ± std across {num_chains} chains",
-          margin=layout_pb2.MarginChartContent(series=[layout_pb2.MarginChartContent.Series(
-              value=f"hypergrad/{name}", lower=f"hypergrad_chains/lower/{name}",
-              upper=f"hypergrad_chains/upper/{name}")])))
-    # One SNR per chart (a chart colours by run, not by tag): across chains where it is written.
-    which = "chains" if num_chains >= 4 else "time"
-    charts.append(layout_pb2.Chart(
-        title=f"{name}: signal-to-noise ratio " + (
-            f"across {num_chains} chains" if which == "chains" else "over time"),
-        multiline=layout_pb2.MultilineChartContent(
-            tag=[rf"^hypergrad_{which}/snr/{re.escape(name)}$"])))
+            value=f"hypergrad_horizon/mean/{name}", lower=f"hypergrad_horizon/lower/{name}",
+            upper=f"hypergrad_horizon/upper/{name}")]))]
+    if num_chains >= 4:
+      charts.append(_chart(
+          f"{name}: SNR of the horizon's sum = |mean| / standard error over {num_chains} "
+          "chains; x: outer step", rf"^hypergrad_horizon/snr/{re.escape(name)}$"))
+    charts.append(_chart(f"{wrt}: per window (depends on the window's place in its horizon); "
+                         "x: outer step", rf"^hypergrad/{re.escape(name)}$"))
     categories.append(layout_pb2.Category(title=f"hypergradient {name}", chart=charts))
-  for name in schedules or {}:
-    categories.append(layout_pb2.Category(title=f"schedule {name}", chart=[
-        layout_pb2.Chart(title=f"{name} at its knots, over outer steps",
-                         multiline=layout_pb2.MultilineChartContent(
-                             tag=[rf"^hyperparameters/{re.escape(name)}/(knot|step)_"])),
-        layout_pb2.Chart(title=f"{name} over inner steps: untuned and tuned",
-                         multiline=layout_pb2.MultilineChartContent(
-                             tag=[rf"^schedule/{re.escape(name)}/(untuned|tuned)$"]))]))
+  for name, labels in (schedules or {}).items():
+    charts = [_chart(f"{name} at {label.replace('_', ' ')}; x: outer step",
+                     rf"^hyperparameters/{re.escape(name)}/{label}(/\d+)?$") for label in labels]
+    charts.append(_chart(f"{name} over one horizon: tuned (run '.') vs untuned (run 'untuned'); "
+                         "x: INNER step", rf"^schedule_curve/{re.escape(name)}$"))
+    categories.append(layout_pb2.Category(title=f"schedule {name}", chart=charts))
+  categories.append(layout_pb2.Category(title="loss and diagnostics", closed=True, chart=[
+      _chart("window meta-loss per inner step (chains' mean); x: outer step",
+             r"^loss/per_inner_step$"),
+      _chart("best validated (or best horizon's) loss; x: outer step", r"^tuner/best_loss$"),
+      _chart("diagnostics: finite, skipped, rollbacks, step scale; x: outer step",
+             r"^diagnostics/")]))
   return layout_pb2.Layout(category=categories)

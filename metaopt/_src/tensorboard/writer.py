@@ -21,6 +21,9 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
+from tensorboard.plugins.hparams import api_pb2 as hparams_api
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams import plugin_data_pb2 as hparams_plugin_data
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -103,6 +106,7 @@ class SummaryWriter:
     else:
       self._kept_last_step = {}
     self._writer = EventFileWriter(logdir, max_queue_size=1000, flush_secs=30)
+    self._described = set()
     # The Python multiplexer ignores a run's first START and purges on the later ones, so every
     # writer starts with one: a resumed run's START then always purges what a reader still holds.
     self._emit_event(event_pb2.Event(
@@ -124,8 +128,14 @@ class SummaryWriter:
         summary = summary_pb2.Summary(value=values)
     self._emit_event(event_pb2.Event(summary=summary, step=step, wall_time=time.time()))
 
-  def scalar(self, tag: str, value, step: int) -> None:
-    self._emit(scalar_pb(tag, np.asarray(value, np.float64)), step)
+  def scalar(self, tag: str, value, step: int, *, description: str | None = None) -> None:
+    """A scalar; ``description`` (Markdown, shown under the chart) goes with the tag's first
+    value in this writer (TensorBoard reads a tag's metadata from its first event)."""
+    if description is not None and tag in self._described:
+      description = None
+    elif description is not None:
+      self._described.add(tag)
+    self._emit(scalar_pb(tag, np.asarray(value, np.float64), description=description), step)
 
   def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
     for tag, value in values.items():
@@ -164,15 +174,41 @@ class SummaryWriter:
     self.image(tag, buffer.getvalue(), step, height, width)
 
   def hparams(self, hparams: Mapping[str, object], metrics: Mapping[str, float], step: int,
-              trial_id: str | None = None) -> None:
-    """One hparams session: the config, and the final metrics as scalars under their tags."""
+              trial_id: str | None = None, *, experiment: bool = True,
+              status: str | None = None) -> None:
+    """One hparams session: the config (unless ``experiment=False``: a study writes one for
+    all its sessions, :meth:`experiment`), the final metrics as scalars under their tags, and
+    with ``status`` (``"STATUS_SUCCESS"``, ``"STATUS_FAILURE"``...) the session's end."""
     clean = {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
              for k, v in hparams.items()}
-    self._emit(hparams_summary.hparams_config_pb(
-        hparams=[hparams_summary.HParam(k) for k in clean],
-        metrics=[hparams_summary.Metric(m) for m in metrics]), 0)
+    if experiment:
+      self._emit(hparams_summary.hparams_config_pb(
+          hparams=[hparams_summary.HParam(k) for k in clean],
+          metrics=[hparams_summary.Metric(m) for m in metrics]), 0)
     self._emit(hparams_summary.hparams_pb(clean, trial_id=trial_id), 0)
     self.scalars(metrics, step)
+    if status is not None:
+      info = hparams_plugin_data.SessionEndInfo(status=hparams_api.Status.Value(status),
+                                                end_time_secs=time.time())
+      value = summary_pb2.Summary.Value(
+          tag=hparams_metadata.SESSION_END_INFO_TAG, tensor=hparams_metadata.NULL_TENSOR,
+          metadata=hparams_metadata.create_summary_metadata(
+              hparams_plugin_data.HParamsPluginData(session_end_info=info)))
+      self._emit(summary_pb2.Summary(value=[value]), step)
+
+  def experiment(self, hparams: Mapping[str, list], metrics: Mapping[str, str]) -> None:
+    """The HParams experiment of a set of sessions (written in a folder above them): each
+    hparam with the values its sessions take (a discrete domain, so that TensorBoard lists
+    and filters them), each metric tag with its description."""
+    def domain(values):
+      values = sorted(set(values), key=str)
+      kinds = {type(v) for v in values}
+      if len(kinds) == 1 and kinds <= {str, bool, float, int}:
+        return hparams_summary.Discrete(values)
+      return None
+    self._emit(hparams_summary.hparams_config_pb(
+        hparams=[hparams_summary.HParam(k, domain(v)) for k, v in hparams.items()],
+        metrics=[hparams_summary.Metric(m, description=d) for m, d in metrics.items()]), 0)
 
   def custom_scalars(self, layout: layout_pb2.Layout) -> None:
     """The custom-scalars dashboard's layout (the summary the tensorboard package's own

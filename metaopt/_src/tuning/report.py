@@ -10,9 +10,9 @@ import jax
 import numpy as np
 
 from metaopt._src.core import base
-from metaopt._src.core import horizon
 from metaopt._src.files import files
 from metaopt._src.tensorboard import summary
+from metaopt._src.tensorboard import views
 from metaopt._src.tuning.run_folder import session_hparams
 from metaopt._src.tuning.run_folder import SUMMARY
 from metaopt._src.tuning.run_folder import to_json
@@ -37,9 +37,10 @@ def duration(seconds):
   return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def finish(system, theta0, state, *, seed, evaluate, mode, validated, hyperparameters, compare,
-            run_config, wall, writer, logdir, verbose):
-  """The summary (and its file), the untuned-vs-tuned comparison and the hparams session."""
+def finish(system, theta0, state, *, evaluate, mode, validated, hyperparameters, fresh, untuned,
+           run_config, wall, writer, untuned_writer, logdir, verbose):
+  """The summary (and its file), the untuned-vs-tuned comparison (``fresh``, or None: none;
+  ``untuned``: theta0's, if the loop computed it) and the hparams session."""
   tuned = state.best_theta if validated else state.theta
   out = {"config": run_config, "outer_steps": int(state.step),
          "num_skipped": int(state.num_skipped),
@@ -65,32 +66,56 @@ def finish(system, theta0, state, *, seed, evaluate, mode, validated, hyperparam
     out["single_run_final"] = {k: float(v) for k, v in own.items()}
     say(verbose, "the single run's own final model (chain 0): " + ", ".join(
         f"{k} {v:.4g}" for k, v in out["single_run_final"].items()))
-  if compare:
+  if fresh is not None:
     # One fresh horizon per theta on the same keys: the difference is the tuning's alone.
     say(verbose, "training one fresh horizon with the initial and with the tuned theta "
          "(same keys) ...")
-    one = jax.jit(lambda th: horizon.evaluate_horizon(
-        system, th, jax.random.key(seed + 1), evaluate=evaluate))
-    out["untuned"], out["tuned"] = (
-        {k: float(v) for k, v in jax.device_get(one(th)).items()} for th in (theta0, tuned))
+    as_floats = lambda th: {k: float(v) for k, v in jax.device_get(fresh(th)).items()}
+    out["untuned"] = dict(untuned) if untuned else as_floats(theta0)
+    out["tuned"] = as_floats(tuned)
     if verbose:
       print_comparison(out["untuned"], out["tuned"], hyperparameters(theta0),
                        hyperparameters(tuned))
   if writer is not None:
-    summary.log_schedule_curves(writer, jax.device_get(hyperparameters(theta0)),
-                                jax.device_get(hyperparameters(tuned)))
-    metrics = {f"final/{k}": float(v) for k, v in out.get("tuned", {}).items()}
+    hyper_tuned = jax.device_get(hyperparameters(tuned))
+    summary.log_schedule_curves(writer, jax.device_get(hyperparameters(theta0)), hyper_tuned,
+                                untuned_writer=untuned_writer)
+    # HParams: both sides of the comparison and the tuned values, one column each.
+    compared = views.shown_metrics(out["untuned"]) if "untuned" in out else []
+    metrics = {f"final/{which}/{k}": out[which][k] for k in compared
+               for which in ("tuned", "untuned")}
     metrics.update({f"final/single_run_{k}": v for k, v in out.get("single_run_final", {}).items()})
+    metrics.update(final_hyperparameters(hyper_tuned))
     metrics["final/num_skipped"] = float(state.num_skipped)
     if validated:
       metrics["final/best_validation_loss"] = float(state.best_loss)
     writer.hparams(session_hparams(run_config), metrics, int(state.step),
-                   trial_id=os.path.basename(os.path.abspath(logdir)))
+                   trial_id=os.path.basename(os.path.abspath(logdir)), status="STATUS_SUCCESS")
     writer.close()
+    untuned_writer.close()
     files.write_atomic(os.path.join(logdir, SUMMARY), to_json(out))
     say(verbose, f"\nsummary: {os.path.join(logdir, SUMMARY)}\n"
-         f"TensorBoard: tensorboard --logdir {shlex.quote(logdir)}")
+         "TensorBoard: tensorboard --samples_per_plugin=images=100 --logdir "
+         f"{shlex.quote(logdir)}")
   return tuned, out
+
+
+def final_hyperparameters(values):
+  """``final/hyperparameters/<name>`` (a schedule at its knots: ``<name>/knot_<k>``) of the
+  tuned theta's natural values, for the HParams table."""
+  points = summary.schedule_points(values)
+  extras = {f"{s}{suffix}" for s in points for suffix in ("", "_curve", "_knots")}
+  out = {}
+  for name, value in values.items():
+    if name not in extras:
+      flat = np.asarray(value, np.float64).reshape(-1)
+      out.update({f"final/hyperparameters/{name}" + (f"/{i}" if flat.size > 1 else ""): float(v)
+                  for i, v in enumerate(flat)})
+  for name, (labels, _, at) in points.items():
+    for g, row in enumerate(np.asarray(at, np.float64).reshape(-1, len(labels))):
+      out.update({f"final/hyperparameters/{name}/{label}" + (f"/{g}" if np.ndim(at) > 1 else ""):
+                  float(v) for label, v in zip(labels, row)})
+  return out
 
 
 def one_inner_state(inner, template):

@@ -34,7 +34,10 @@ def session_hparams(run_config):
       flat.update({f"{k}_{kk}": vv for kk, vv in v.items()})
     elif k not in unused:
       flat[k] = " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
-  return flat
+  # HParams checks its first columns: what a reader compares runs by comes first.
+  first = [k for k in ("problem", "estimator", "num_steps", "num_particles", "sigma",
+                       "num_chains", "meta_optimizer", "meta_lr", "seed") if k in flat]
+  return {k: flat[k] for k in first + [k for k in flat if k not in first]}
 
 
 def run_config(spec, num_steps, num_particles, sigma, meta_optimizer, num_chains, seed,
@@ -89,7 +92,7 @@ def claim(logdir, run_config):
   try:
     files.remove_stale_temporaries(logdir)  # ours alone now: what killed runs left behind
     # Refused now, not when written after the run's compute.
-    files.refuse_links(logdir, (CONFIG, CHECKPOINT, SUMMARY))
+    files.refuse_links(logdir, (CONFIG, CHECKPOINT, SUMMARY, "untuned"))
     path = os.path.join(logdir, CONFIG)
     if os.path.exists(path):
       try:

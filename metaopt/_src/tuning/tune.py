@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -16,18 +14,18 @@ from metaopt._src.files import checkpoint
 from metaopt._src.devices import memory
 from metaopt._src.estimators import registry
 from metaopt._src.tensorboard import summary
+from metaopt._src.tensorboard import views
 from metaopt._src.tuning import options as options_lib
 from metaopt._src.tuning import report
 from metaopt._src.tuning import run_folder
 from metaopt._src.tuning import tuner as tuner_lib
 from metaopt._src.tuning import validation as validation_lib
-from metaopt._src.tuning.report import one_inner_state
+from metaopt._src.tuning import outer_loop
+from metaopt._src.tuning.outer_loop import TuningStopped  # noqa: F401 (its home was here)
 from metaopt._src.tuning.report import say
 
 # Online modes: the inner training restarts every horizon, or theta is tuned during one run.
 MODES = ("restarts", "single_run")
-# Outer steps per jitted call at most (a call is one host round trip for the logs).
-MAX_STEPS_PER_CALL = 25
 
 
 class TuneResult(NamedTuple):
@@ -53,23 +51,6 @@ class TuneResult(NamedTuple):
   summary: dict
   logdir: str | None
   last_theta: Any = None
-
-
-class TuningStopped(RuntimeError):
-  """More than ``max_skipped`` outer steps were non-finite; the checkpoint holds the last theta.
-
-  Attributes:
-    step: the outer step it stopped at.
-    num_skipped: the non-finite outer steps so far.
-    theta: theta's last finite value, flat.
-  """
-
-  def __init__(self, step: int, num_skipped: int, max_skipped: int, theta: np.ndarray):
-    self.step, self.num_skipped, self.theta = step, num_skipped, theta
-    super().__init__(
-        f"stopped at outer step {step}: {num_skipped} outer steps had non-finite hypergradients "
-        f"or inner losses (limit max_skipped={max_skipped}); theta stayed at its last finite "
-        f"value {theta}. Lower the meta learning rate or set max_grad_norm.")
 
 
 def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estimator = "rtrl",
@@ -257,124 +238,34 @@ def tune(system: base.UnrolledSystem, theta: Any, *, estimator: str | base.Estim
       state = checkpoint.restore(checkpoint_path, state_shape, config=run_config)
       start = int(state.step)
       say(verbose, f"resuming {logdir} from outer step {start}")
-    writer = (summary.SummaryWriter(logdir, resume_step=start + 1 if resuming else None)
-              if logdir is not None else None)
+    resume_step = start + 1 if resuming else None
+    writer = untuned_writer = None
+    if logdir is not None:  # theta0's values in a sub-run: TensorBoard draws each run a colour
+      writer = summary.SummaryWriter(logdir, resume_step=resume_step)
+      untuned_writer = summary.SummaryWriter(os.path.join(logdir, views.UNTUNED),
+                                             resume_step=resume_step)
+    fresh = outer_loop.fresh_horizon(system, evaluate, seed) if compare else None
     try:
-      state, wall = _outer_loop(
-          t, init if state is None else state, start, outer_steps, system=system, theta0=theta, window=window,
-          evaluate=evaluate, hyperparameters=hyperparameters, writer=writer,
-          checkpoint_path=checkpoint_path, run_config=run_config,
-          checkpoint_every=checkpoint_every, log_every=output.log_every,
-          image_every=output.image_every,
-          max_skipped=max_skipped, num_chains=num_chains, validated=check is not None,
-          verbose=verbose)
-      tuned, out = report.finish(system, theta, state, seed=seed, evaluate=evaluate, mode=mode,
-                       validated=check is not None,
-                       hyperparameters=hyperparameters, compare=compare, run_config=run_config,
-                       wall=wall, writer=writer, logdir=logdir, verbose=verbose)
+      state, wall, untuned = outer_loop.outer_loop(
+          t, init if state is None else state, start, outer_steps, theta0=theta, window=window,
+          windows=one_run, fresh=fresh, hyperparameters=hyperparameters, writer=writer,
+          untuned_writer=untuned_writer, checkpoint_path=checkpoint_path,
+          run_config=run_config, checkpoint_every=checkpoint_every,
+          log_every=output.log_every, image_every=output.image_every, max_skipped=max_skipped,
+          num_chains=num_chains, validated=check is not None, verbose=verbose)
+      tuned, out = report.finish(system, theta, state, evaluate=evaluate, mode=mode,
+                                 validated=check is not None, hyperparameters=hyperparameters,
+                                 fresh=fresh, untuned=untuned, run_config=run_config, wall=wall,
+                                 writer=writer, untuned_writer=untuned_writer, logdir=logdir,
+                                 verbose=verbose)
     finally:
-      if writer is not None:
-        writer.close()
+      for w in (writer, untuned_writer):
+        if w is not None:
+          w.close()
     return TuneResult(tuned, state, out, logdir, state.theta)
   finally:
     if lock is not None:
       lock.release()
-
-
-def _outer_loop(t, state, start, outer_steps, *, system, theta0, window, evaluate,
-                hyperparameters, writer, checkpoint_path, run_config, checkpoint_every,
-                log_every, image_every, max_skipped, num_chains, validated, verbose):
-  """The outer steps from ``start``, in jitted calls that never straddle a checkpoint or a
-  progress line. ``state`` is the tuner's state, or a function that makes it (compiled with the
-  outer step, under the "compiling" line)."""
-  hyper0 = jax.device_get(hyperparameters(theta0))
-  points0 = summary.schedule_points(hyper0)
-  names = summary.coordinate_names(theta0, knots={k: len(v[0]) for k, v in points0.items()})
-  if not log_every:  # ~20 lines, at the ends of calls
-    chunk = steps_per_call(checkpoint_every)
-    log_every = chunk * max(1, round(outer_steps / 20 / chunk))
-  chunk = steps_per_call(math.gcd(checkpoint_every, log_every))
-  image_every = image_every or log_every
-  unravel = base.ravel(theta0)[1]
-  natural = report.natural(hyperparameters, unravel, theta0)
-  template = jax.eval_shape(system.init, jax.random.key(0), theta0)
-  evaluate_one = jax.jit(lambda s: evaluate(one_inner_state(s.estimator_state.inner, template))
-                         ) if evaluate else None
-  for name, (labels, steps, _) in points0.items():
-    say(verbose, f"{name}: a schedule, shown at its {len(labels)} "
-         f"{'knots' if labels[0].startswith('knot') else 'points'} (inner steps "
-         f"{', '.join(str(int(round(x))) for x in steps)})")
-  if writer is not None:
-    writer.custom_scalars(summary.tuner_layout(
-        names, num_chains=num_chains, schedules={k: v[0] for k, v in points0.items()}))
-  sizes = sorted({min(chunk - s % chunk, outer_steps - s) for s in range(start, outer_steps)
-                  if s == start or s % chunk == 0})
-  def warm_up(state):  # the small jitted helpers and the plotting library, with the rest
-    flat = base.ravel(theta0)[0]
-    for n in sizes:
-      natural(np.zeros((n,) + flat.shape, flat.dtype))
-    if evaluate_one is not None:
-      evaluate_one(state)
-    if writer is not None and points0:
-      summary.pyplot()
-
-  state, compiled, compile_seconds = _compile(t, state, sizes, warm_up, verbose)
-  calls, step = [], start  # (outer steps, seconds) of each call, its logs included
-  while step < outer_steps:
-    n = min(chunk - step % chunk, outer_steps - step)
-    began = time.time()
-    state, infos = compiled[n](state)
-    infos, hyper = jax.device_get((infos, natural(infos["theta"])))
-    if writer is not None:
-      for i, s in enumerate(range(step + 1, step + n + 1)):
-        summary.log_tuner_info(writer, {k: v[i] for k, v in infos.items()}, s, names=names,
-                               window=window)
-        summary.log_hyperparameters(writer, {k: v[i] for k, v in hyper.items()}, s,
-                                    image=s % image_every == 0 or s == 1)
-      for k, v in (jax.device_get(evaluate_one(state)) if evaluate_one else {}).items():
-        writer.scalar(f"eval/{k}", v, step + n)
-    step += n
-    skipped = int(infos["num_skipped"][-1])
-    if checkpoint_path is not None and (step % checkpoint_every == 0 or step == outer_steps
-                                        or skipped > max_skipped):
-      writer.flush()
-      checkpoint.save(checkpoint_path, state, config=run_config)
-    if skipped > max_skipped:
-      raise TuningStopped(step, skipped, max_skipped, np.asarray(infos["theta"][-1]))
-    calls.append((n, time.time() - began))
-    if step % log_every < n or step == outer_steps:
-      # The first call also compiles the small jitted helpers: left out once others exist.
-      steps, seconds = np.sum(calls[1:] or calls, axis=0)
-      per_step = seconds / steps
-      say(verbose, f"step {step}/{outer_steps} | window loss {float(infos['loss'][-1]):.4g} | "
-           f"{report.hyper_text({k: v[-1] for k, v in hyper.items()})} | skipped {skipped} | "
-           + (f"best validation {float(infos['best_loss'][-1]):.4g} | " if validated else "")
-           + f"{1e3 * per_step:.3g} ms/step, ETA {report.duration(per_step * (outer_steps - step))}")
-  run_seconds = sum(c[1] for c in calls)
-  return state, compile_seconds + run_seconds
-
-
-def _compile(t, state, sizes, warm_up, verbose):
-  """Compiles ``t.run`` for each number of outer steps per call (and makes the initial state if
-  ``state`` is the function that makes it, and runs ``warm_up(state)``), saying so and timing
-  it: what follows is what the ETA extrapolates.
-
-  Returns (state, {steps per call: compiled run}, seconds).
-  """
-  if not sizes:  # a finished run, resumed: nothing to run
-    return state, {}, 0.0
-  began = time.time()
-  say(verbose, f"compiling the outer step ({', '.join(map(str, sizes))} outer steps per call; "
-       "XLA, once per run) ...")
-  state = state() if callable(state) else state
-  # The state is donated: each call's output reuses its input's buffers (one copy of the
-  # chains' states and the estimators' carries less in memory; nothing reads the old state).
-  run = jax.jit(t.run, static_argnums=1, donate_argnums=0)
-  compiled = {n: run.lower(state, n).compile() for n in sizes}
-  warm_up(state)
-  seconds = time.time() - began
-  say(verbose, f"compiled in {seconds:.1f} s")
-  return state, compiled, seconds
 
 
 def _validation(validation, system, *, mode, one_run, seed):
@@ -387,13 +278,6 @@ def _validation(validation, system, *, mode, one_run, seed):
   if mode == "single_run":
     return None
   return validation._replace(every=validation.every or one_run)
-
-
-def steps_per_call(every: int) -> int:
-  """The largest divisor of ``every`` up to MAX_STEPS_PER_CALL: calls never straddle a
-  checkpoint or a progress line (``every`` is the gcd of their periods), so a resumed run makes
-  exactly the calls an uninterrupted one makes."""
-  return max(d for d in range(1, min(every, MAX_STEPS_PER_CALL) + 1) if every % d == 0)
 
 
 def _own_leaves(theta):
