@@ -188,4 +188,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  launch.run(main)
+  launch.run(main, compilation_cache=False)  # it times compilations: off unless the flag says

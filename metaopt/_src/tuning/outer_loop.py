@@ -78,14 +78,12 @@ def outer_loop(t, state, start, outer_steps, *, theta0, window, windows, fresh,
   sizes = sorted({min(chunk - s % chunk, outer_steps - s) for s in range(start, outer_steps)
                   if s == start or s % chunk == 0})
 
-  def warm_up(state):  # the small jitted helpers and the plotting library, with the rest
-    del state
+  def warm_up(state):  # the small jitted helpers, with the rest (matplotlib, imported by the
+    del state           # first image, is left to the first call, which the ETA leaves out)
     for n in sizes:
       natural(np.zeros((n,) + flat0.shape, flat0.dtype))
     if evaluation is not None:
       evaluation.warm_up(theta0)
-    if writer is not None and points0:
-      summary.pyplot()
 
   state, compiled, compile_seconds = _compile(t, state, sizes, warm_up, verbose)
   if writer is not None:
