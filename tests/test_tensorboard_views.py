@@ -1,12 +1,10 @@
 """What a person sees of a tuning run: its progress lines and its TensorBoard views."""
 
-import json
 import os
 import re
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator

@@ -3,7 +3,6 @@ their knots, hypergradient noise views and their custom-scalar layout."""
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Mapping
 
@@ -173,6 +172,32 @@ def log_tuner_info(writer: SummaryWriter, info: Mapping[str, object], step: int,
                        buckets=max(2, min(30, num_chains)))
 
 
+def shown_values(values: Mapping[str, object]) -> dict[str, float]:
+  """The scalars :func:`log_hyperparameters` logs under ``hyperparameters/``, by name: a scalar
+  ``<name>``, an array ``<name>/<i>``, a schedule at its knots ``<name>/knot_<k>`` (``/<g>`` per
+  group; :func:`schedule_points`), never a schedule's step-0 value alone.
+
+  Examples:
+    >>> import numpy as np
+    >>> from metaopt._src.tensorboard.summary import shown_values
+    >>> shown_values({"wd": 0.5, "lr_curve": np.array([1.0, 2.0]), "lr_knots": np.array([0, 1])})
+    {'wd': 0.5, 'lr/knot_0': 1.0, 'lr/knot_1': 2.0}
+  """
+  points = schedule_points(values)
+  extras = {f"{s}{suffix}" for s in points for suffix in ("", "_curve", "_knots")}
+  out = {}
+  for name, value in values.items():
+    if name not in extras:
+      value = np.asarray(value, np.float64)
+      out.update({name: float(value)} if value.ndim == 0 else
+                 {f"{name}/{i}": float(v) for i, v in enumerate(value.reshape(-1))})
+  for name, (labels, _, at) in points.items():
+    for g, row in enumerate(np.asarray(at, np.float64).reshape(-1, len(labels))):
+      out.update({f"{name}/{label}" + (f"/{g}" if np.ndim(at) > 1 else ""): float(v)
+                  for label, v in zip(labels, row)})
+  return out
+
+
 def log_hyperparameters(writer: SummaryWriter, values: Mapping[str, object], step: int, *,
                         image: bool = False) -> None:
   """Logs hyperparameters in natural units: the dict an inner problem's ``hyperparameters`` returns.
@@ -196,23 +221,10 @@ def log_hyperparameters(writer: SummaryWriter, values: Mapping[str, object], ste
     >>> with metaopt.tensorboard.SummaryWriter(tempfile.mkdtemp()) as writer:
     ...   metaopt.tensorboard.log_hyperparameters(writer, values, 1)
   """
-  points = schedule_points(values)
-  extras = {f"{s}{suffix}" for s in points for suffix in ("", "_curve", "_knots")}
-  for name, value in values.items():
-    if name in extras:
-      continue
-    value = np.asarray(value)
-    if value.ndim == 0:
-      writer.scalar(f"hyperparameters/{name}", value, step)
-    else:
-      for i, v in enumerate(value.reshape(-1)):
-        writer.scalar(f"hyperparameters/{name}/{i}", v, step)
-  for name, (labels, steps, at) in points.items():
+  for name, v in shown_values(values).items():
+    writer.scalar(f"hyperparameters/{name}", v, step)
+  for name, (labels, steps, at) in schedule_points(values).items():
     rows = at.reshape(-1, len(labels))
-    for g, row in enumerate(rows):
-      for label, v in zip(labels, row):
-        writer.scalar(f"hyperparameters/{name}/{label}" + (f"/{g}" if at.ndim > 1 else ""), v,
-                      step)
     if image:
       curve = np.asarray(values[f"{name}_curve"])
       writer.curve(f"schedule/{name}", np.arange(curve.shape[-1]),

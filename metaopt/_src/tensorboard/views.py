@@ -9,7 +9,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from metaopt._src.tensorboard.summary import schedule_points
+from metaopt._src.tensorboard.summary import shown_values
 from metaopt._src.tensorboard.summary import snr
 from metaopt._src.tensorboard.writer import SummaryWriter
 
@@ -136,15 +136,7 @@ def log_coordinates(names: list[str], theta0_flat, values0: Mapping[str, object]
   """The coordinates of theta that are the log of the value TensorBoard shows for them (a
   schedule's knot or a scalar hyperparameter of the same name): their hypergradients are with
   respect to that log, which the charts' titles say."""
-  shown = {}
-  for name, (labels, _, at) in schedule_points(values0).items():
-    rows = np.asarray(at).reshape(-1, len(labels))
-    for g, row in enumerate(rows):
-      for label, v in zip(labels, row):
-        shown[f"{name}/{label}" + (f"/{g}" if np.ndim(at) > 1 else "")] = v
-  for name, v in values0.items():
-    if np.ndim(v) == 0:
-      shown.setdefault(name, v)
+  shown = shown_values(values0)
   flat = np.asarray(theta0_flat, np.float64)
   return {n for i, n in enumerate(names)
           if n in shown and float(shown[n]) > 0

@@ -85,7 +85,8 @@ def finish(system, theta0, state, *, evaluate, mode, validated, hyperparameters,
     metrics = {f"final/{which}/{k}": out[which][k] for k in compared
                for which in ("tuned", "untuned")}
     metrics.update({f"final/single_run_{k}": v for k, v in out.get("single_run_final", {}).items()})
-    metrics.update(final_hyperparameters(hyper_tuned))
+    metrics.update({f"final/hyperparameters/{k}": v
+                    for k, v in summary.shown_values(hyper_tuned).items()})
     metrics["final/num_skipped"] = float(state.num_skipped)
     if validated:
       metrics["final/best_validation_loss"] = float(state.best_loss)
@@ -98,24 +99,6 @@ def finish(system, theta0, state, *, evaluate, mode, validated, hyperparameters,
          "TensorBoard: tensorboard --samples_per_plugin=images=100 --logdir "
          f"{shlex.quote(logdir)}")
   return tuned, out
-
-
-def final_hyperparameters(values):
-  """``final/hyperparameters/<name>`` (a schedule at its knots: ``<name>/knot_<k>``) of the
-  tuned theta's natural values, for the HParams table."""
-  points = summary.schedule_points(values)
-  extras = {f"{s}{suffix}" for s in points for suffix in ("", "_curve", "_knots")}
-  out = {}
-  for name, value in values.items():
-    if name not in extras:
-      flat = np.asarray(value, np.float64).reshape(-1)
-      out.update({f"final/hyperparameters/{name}" + (f"/{i}" if flat.size > 1 else ""): float(v)
-                  for i, v in enumerate(flat)})
-  for name, (labels, _, at) in points.items():
-    for g, row in enumerate(np.asarray(at, np.float64).reshape(-1, len(labels))):
-      out.update({f"final/hyperparameters/{name}/{label}" + (f"/{g}" if np.ndim(at) > 1 else ""):
-                  float(v) for label, v in zip(labels, row)})
-  return out
 
 
 def one_inner_state(inner, template):
