@@ -10,8 +10,8 @@ momentum on scikit-learn's digits, meta-loss = validation loss after each step).
 
 Suites (``--suites``, all by default; ``studies.benchmark_suites`` and
 ``studies.benchmark_online``):
-  headline     every estimator at 26k parameters, H=2 (log lr, log weight decay), num_steps=20,
-               with the compile time of its first unroll;
+  headline     every estimator at 26k and 1M parameters, H=2 (log lr, log weight decay),
+               num_steps=20, with the compile time of its first unroll;
   breakdown    where the time goes on the headline problem: the step's primal, one JVP, one
                linearisation, a VJP w.r.t. theta, a VJP w.r.t. the state (each as a ratio);
   params       ratio against the parameter count P (~5k to ~1M);
@@ -26,6 +26,11 @@ Suites (``--suites``, all by default; ``studies.benchmark_suites`` and
   learned_optimizers  meta-training's ms per outer step (learnable SGD and the MLP optimizer, PES
                and tbptt, 10 to 100,000 dims) beside learned_optimization's, and PES's cost per
                particle with the MLP optimizer (studies.benchmark_lopt; ~4 min).
+
+Beside each ratio of the headline, params, hyperparams and particles suites: XLA's FLOP ratio
+and bytes-accessed ratio (the same ratio of XLA's counts of the compiled programs, every loop
+iteration counted: ``metaopt.timing.xla_counts``) and the measured ratio over the FLOP ratio,
+the distance to the floor.
 
 Writes results.json (after every suite), results.md and PNG plots to --output_dir.
 

@@ -1,5 +1,8 @@
-"""Cost of estimators: interleaved wall-clock medians, compile time, peak memory, step breakdown."""
+"""Cost of estimators: interleaved wall-clock medians, compile time, peak memory, step breakdown,
+XLA's FLOP and bytes counts."""
 
+from metaopt._src.devices.counts import count_ratios
+from metaopt._src.devices.counts import xla_counts
 from metaopt._src.devices.timing import compile_seconds
 from metaopt._src.devices.timing import estimator_runner
 from metaopt._src.devices.timing import interleaved_medians
@@ -9,5 +12,6 @@ from metaopt._src.devices.timing import plain_step_seconds
 from metaopt._src.devices.timing import seconds_per_step
 from metaopt._src.devices.timing import step_breakdown
 
-__all__ = ("compile_seconds", "estimator_runner", "interleaved_medians", "peak_bytes",
-           "plain_runner", "plain_step_seconds", "seconds_per_step", "step_breakdown")
+__all__ = ("compile_seconds", "count_ratios", "estimator_runner", "interleaved_medians",
+           "peak_bytes", "plain_runner", "plain_step_seconds", "seconds_per_step",
+           "step_breakdown", "xla_counts")

@@ -31,15 +31,19 @@ def markdown(results: dict) -> str:
          f"{m['num_devices']} device(s)), jax {m['jax']}.", ""]
   if "headline" in results:
     h = results["headline"]
-    out += [f"### Headline: {h['problem']}, H={h['num_hyperparams']}, "
-            f"num_steps={h['num_steps']}", "",
-            "| estimator | ms per inner step | ratio to plain step | compile s |",
-            "|---|---|---|---|"]
-    for r in h["rows"]:
-      c = "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.2f}"
-      out.append(f"| {r['estimator']} | {1e3 * r['seconds_per_step']:.3f} | {r['ratio']:.2f} | "
-                 f"{c} |")
-    out.append("")
+    for problem in h["problems"]:
+      out += [f"### Headline: {problem['problem']}, H={h['num_hyperparams']}, "
+              f"num_steps={h['num_steps']}", "",
+              "| estimator | ms per inner step | ratio to plain step | XLA FLOP ratio | "
+              "XLA bytes ratio | ratio / FLOP ratio | compile s |", "|---|---|---|---|---|---|---|"]
+      for r in h["rows"]:
+        if r["num_params"] != problem["num_params"]:
+          continue
+        c = "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.2f}"
+        out.append(f"| {r['estimator']} | {1e3 * r['seconds_per_step']:.3f} | {r['ratio']:.2f} | "
+                   f"{r['flop_ratio']:.2f} | {r['bytes_ratio']:.2f} | {r['over_flops']:.2f} | "
+                   f"{c} |")
+      out.append("")
   for suite, x in (("params", "point"), ("hyperparams", "point"), ("particles", "point"),
                    ("chains", "point"), ("online_rnn", "hidden_size")):
     if suite not in results:
@@ -47,14 +51,14 @@ def markdown(results: dict) -> str:
     rows = results[suite]["rows"]
     names = list(dict.fromkeys(r["estimator"] for r in rows))
     points = list(dict.fromkeys(r[x] for r in rows))
-    out += [f"### Ratio to the plain step against {results[suite].get('x', x)}", "",
+    legend = ([f"Each cell: measured ratio (XLA FLOP ratio, XLA bytes ratio; measured / FLOP "
+               "ratio).", ""] if any("flop_ratio" in r for r in rows) else [])
+    out += [f"### Ratio to the plain step against {results[suite].get('x', x)}", "", *legend,
             f"| {results[suite].get('x', x)} | " + " | ".join(names) + " |",
             "|---" * (len(names) + 1) + "|"]
     for p in points:
-      cells = []
-      for n in names:
-        r = [r for r in rows if r[x] == p and r["estimator"] == n]
-        cells.append(f"{r[0]['ratio']:.2f}" if r else "")
+      cells = [cell(next((r for r in rows if r[x] == p and r["estimator"] == n), None))
+               for n in names]
       extra = ""
       if suite in ("params", "online_rnn"):
         extra = f" ({[r for r in rows if r[x] == p][0]['num_params']} params)"
@@ -109,6 +113,23 @@ def markdown(results: dict) -> str:
   if "learned_optimizers" in results:
     out += learned_optimizer_table(results["learned_optimizers"])
   return "\n".join(out) + "\n"
+
+
+def cell(row: dict | None) -> str:
+  """A sweep's table cell: the ratio, with XLA's counts beside it where they were taken.
+
+  Examples:
+    >>> from studies import benchmark_report
+    >>> benchmark_report.cell({"ratio": 3.41, "flop_ratio": 2.96, "bytes_ratio": 5.91,
+    ...                        "over_flops": 1.152})
+    '3.41 (2.96, 5.9; 1.15)'
+  """
+  if row is None:
+    return ""
+  if "flop_ratio" not in row:
+    return f"{row['ratio']:.2f}"
+  return (f"{row['ratio']:.2f} ({row['flop_ratio']:.2f}, {row['bytes_ratio']:.1f}; "
+          f"{row['over_flops']:.2f})")
 
 
 # learned_optimization's own times for the same rows (README, "Learned optimizers"; measured on

@@ -69,24 +69,68 @@ def make(spec, system, num_steps, num_particles):
           metaopt.horizon.window_length(spec, system, num_steps))
 
 
+HEADLINE_SIZES = ((128, 2), (700, 3))  # the digits MLP at 26k and 1M parameters
+
+
+class Floor:
+  """XLA's FLOP and bytes counts per inner step (``metaopt.timing.xla_counts``) beside a ratio.
+
+  The plain step of a problem is counted once.
+  """
+
+  def __init__(self, num_steps):
+    self.num_steps, self.plain = num_steps, {}
+
+  def __call__(self, problem, est, window):
+    """``{"flop_ratio", "bytes_ratio"}`` of ``est`` on ``problem`` (one unroll: window steps)."""
+    system, theta = problem.system, problem.theta
+    if id(system) not in self.plain:
+      state = system.init(jax.random.key(0), theta)
+      keys = jax.random.split(jax.random.key(1), self.num_steps)
+      self.plain[id(system)] = (system, timing.xla_counts(
+          lambda s, k: jax.lax.scan(lambda s, k: system.step(s, theta, k), s, k), state, keys,
+          num_steps=self.num_steps))
+    plain = self.plain[id(system)][1]
+    counted = timing.xla_counts(est.unroll, est.init(jax.random.key(0), theta), theta,
+                                jax.random.key(1), num_steps=window)
+    per_step = lambda c, n: {k: v / n for k, v in c.items()}
+    est_c, plain_c = per_step(counted, window), per_step(plain, self.num_steps)
+    return {"flop_ratio": est_c["flops"] / plain_c["flops"],
+            "bytes_ratio": est_c["bytes_accessed"] / plain_c["bytes_accessed"]}
+
+
+def with_floor(row, counts):
+  """``row`` with the XLA ratios and the measured ratio over the FLOP ratio."""
+  return {**row, **counts, "over_flops": row["ratio"] / counts["flop_ratio"]}
+
+
 def headline(config):
-  """Every estimator at 26k parameters, H=2, with the compile time of its first unroll."""
-  problem = digits()
-  rows, plain_times = [], []
-  for spec in config.estimators:
-    est, window = make(spec, problem.system, config.num_steps, config.num_particles)
-    compile_s = timing.compile_seconds(est, problem.theta)
-    plain_s, est_s = timing.seconds_per_step(problem.system, problem.theta, est, window=window,
-                                             num_steps=config.num_steps, repeats=config.repeats)
-    plain_times.append(plain_s)
-    rows.append({"estimator": label(spec, config.num_particles), "seconds_per_step": est_s,
-                 "ratio": est_s / plain_s, "compile_seconds": compile_s})
-    print(f"  {rows[-1]['estimator']}: {est_s / plain_s:.2f} (compile {compile_s:.2f} s)",
-          flush=True)
-  rows.insert(0, {"estimator": "plain step", "seconds_per_step": float(np.median(plain_times)),
-                  "ratio": 1.0, "compile_seconds": None})
-  return {"problem": problem.description, "num_params": problem.num_params,
-          "num_hyperparams": 2, "num_steps": config.num_steps, "rows": rows}
+  """Every estimator at 26k and 1M parameters, H=2: ratio, XLA FLOP and bytes ratios, compile s."""
+  rows, problems = [], []
+  for width, depth in HEADLINE_SIZES:
+    problem, floor, plain_times = digits(width=width, depth=depth), Floor(config.num_steps), []
+    problems.append({"problem": problem.description, "num_params": problem.num_params})
+    repeats = config.repeats if width <= 128 else max(3, config.repeats // 3)
+    at = []
+    for spec in config.estimators:
+      est, window = make(spec, problem.system, config.num_steps, config.num_particles)
+      counts = floor(problem, est, window)  # before timing: it clears JAX's caches
+      compile_s = timing.compile_seconds(est, problem.theta)
+      plain_s, est_s = timing.seconds_per_step(problem.system, problem.theta, est, window=window,
+                                               num_steps=config.num_steps, repeats=repeats)
+      plain_times.append(plain_s)
+      at.append(with_floor({"estimator": label(spec, config.num_particles),
+                            "num_params": problem.num_params, "seconds_per_step": est_s,
+                            "ratio": est_s / plain_s, "compile_seconds": compile_s}, counts))
+      r = at[-1]
+      print(f"  {problem.num_params} {r['estimator']}: {r['ratio']:.2f} "
+            f"(FLOPs {r['flop_ratio']:.2f}, bytes {r['bytes_ratio']:.2f}; compile {compile_s:.2f} s)", flush=True)
+    rows += [{"estimator": "plain step", "num_params": problem.num_params,
+              "seconds_per_step": float(np.median(plain_times)), "ratio": 1.0,
+              "compile_seconds": None, "flop_ratio": 1.0, "bytes_ratio": 1.0,
+              "over_flops": 1.0}] + at
+  return {"problems": problems, "num_hyperparams": 2, "num_steps": config.num_steps,
+          "rows": rows}
 
 
 def breakdown(config):
@@ -106,16 +150,19 @@ def _sweep(config, points, build):
   rows = []
   for point in points:
     problem, reps = build(point)
+    floor = Floor(config.num_steps)
     for spec in config.sweep_estimators:
       est, window = make(spec, problem.system, config.num_steps, config.num_particles)
+      counts = floor(problem, est, window)
       plain_s, est_s = timing.seconds_per_step(
           problem.system, problem.theta, est, window=window, num_steps=config.num_steps,
           repeats=max(3, config.repeats // reps))
-      rows.append({"point": point, "num_params": problem.num_params,
-                   "estimator": label(spec, config.num_particles),
-                   "plain_seconds_per_step": plain_s, "seconds_per_step": est_s,
-                   "ratio": est_s / plain_s})
-      print(f"  {point} {rows[-1]['estimator']}: {est_s / plain_s:.2f}", flush=True)
+      rows.append(with_floor({"point": point, "num_params": problem.num_params,
+                              "estimator": label(spec, config.num_particles),
+                              "plain_seconds_per_step": plain_s, "seconds_per_step": est_s,
+                              "ratio": est_s / plain_s}, counts))
+      print(f"  {point} {rows[-1]['estimator']}: {est_s / plain_s:.2f} "
+            f"(FLOPs {counts['flop_ratio']:.2f})", flush=True)
   return rows
 
 
@@ -137,13 +184,15 @@ def hyperparams(config):
 def particles(config):
   """The particles estimator on the 5k MLP (num_steps=10) against num_particles = 2 ... 256."""
   problem, name = digits(width=64, depth=1), config.particles_estimator
-  rows = []
+  rows, floor = [], Floor(10)
   for n in (2, 8, 32, 128, 256):
     est = metaopt.get_estimator(name, problem.system, num_steps=10, num_particles=n, sigma=0.01)
+    counts = floor(problem, est, 10)
     plain_s, est_s = timing.seconds_per_step(problem.system, problem.theta, est, num_steps=10,
                                              repeats=max(3, config.repeats // (1 + n // 32)))
-    rows.append({"point": n, "num_params": problem.num_params, "estimator": name,
-                 "plain_seconds_per_step": plain_s, "seconds_per_step": est_s,
-                 "ratio": est_s / plain_s, "ratio_per_particle": est_s / plain_s / n})
-    print(f"  {name}({n}): {est_s / plain_s:.2f}", flush=True)
+    rows.append(with_floor({"point": n, "num_params": problem.num_params, "estimator": name,
+                            "plain_seconds_per_step": plain_s, "seconds_per_step": est_s,
+                            "ratio": est_s / plain_s, "ratio_per_particle": est_s / plain_s / n},
+                           counts))
+    print(f"  {name}({n}): {est_s / plain_s:.2f} (FLOPs {counts['flop_ratio']:.2f})", flush=True)
   return {"x": "num_particles", "rows": rows}
