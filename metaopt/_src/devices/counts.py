@@ -27,6 +27,13 @@ def _scans_unrolled(unroll: int):
   scan = jax.lax.scan
 
   def unrolled(*args, **kwargs):
+    names = ("f", "init", "xs", "length", "reverse", "unroll")
+    given = {**dict(zip(names, args)), **kwargs}
+    leaves = jax.tree.leaves(given.get("xs"))
+    length = given.get("length") or (leaves[0].shape[0] if leaves else None)
+    own = given.get("unroll", 1)
+    if own is True or (length and own >= length):  # straight-line already: counted as it is
+      return scan(*args, **kwargs)
     if len(args) > 5:  # (f, init, xs, length, reverse, unroll, ...) given positionally
       args = args[:5] + (unroll,) + args[6:]
     else:
@@ -40,10 +47,13 @@ def _scans_unrolled(unroll: int):
     jax.lax.scan = scan
 
 
-def _counts(fn: Callable, args: tuple, unroll: int) -> tuple[float, float]:
+def _lowered(fn: Callable, args: tuple, unroll: int):
   jax.clear_caches()  # a jitted helper traced before would keep its rolled scans
   with _scans_unrolled(unroll):
-    lowered = jax.jit(lambda *a: fn(*a)).lower(*args)
+    return jax.jit(lambda *a: fn(*a)).lower(*args)
+
+
+def _counts(lowered) -> tuple[float, float]:
   cost = lowered.compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one per module
   return float(cost["flops"]), float(cost.get("bytes accessed", 0.0))
@@ -80,11 +90,15 @@ def xla_counts(fn: Callable, *args, num_steps: int) -> dict[str, float]:
     (65536.0, 10.0)
   """
   num_steps = base.check_count(num_steps, "num_steps")
-  flops1, bytes1 = _counts(fn, args, 1)
+  rolled = _lowered(fn, args, 1)
+  flops1, bytes1 = _counts(rolled)
   if num_steps == 1:
     return {"flops": flops1, "bytes_accessed": bytes1}
   unroll = next(d for d in range(2, num_steps + 1) if num_steps % d == 0)
-  flops_u, bytes_u = _counts(fn, args, unroll)
+  twice = _lowered(fn, args, unroll)
+  if twice.as_text() == rolled.as_text():  # no scan to unroll: straight-line already
+    return {"flops": flops1, "bytes_accessed": bytes1}
+  flops_u, bytes_u = _counts(twice)
   per = lambda one, many: one + (num_steps - 1) * (many - one) / (unroll - 1)
   return {"flops": per(flops1, flops_u), "bytes_accessed": per(bytes1, bytes_u)}
 
