@@ -35,7 +35,7 @@ the distance to the floor.
 Writes results.json (after every suite), results.md and PNG plots to --output_dir.
 
 Usage:
-  python -m launch.benchmark                                   # everything (~13 min on 2 cores)
+  python -m launch.benchmark                                   # everything (~26 min on 2 cores)
   python -m launch.benchmark --suites=headline --repeats=20
 """
 
