@@ -20,7 +20,7 @@ from unrolled import online_rnn
 from unrolled import streams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ELEMENTWISE_CELLS = ["elstm", "rtu_linear", "rtu_nonlinear"]
+ELEMENTWISE_CELLS = ["elstm", "rtu_linear", "rtu_nonlinear", "lru"]
 FAST_CELLS = {"rtu_nonlinear"}  # what `-m "not slow"` runs of the per-cell tests
 
 
@@ -226,3 +226,35 @@ def test_float32_weights_work_with_x64_enabled(cell, x64):
   est = metaopt.uoro(problem.system, num_steps=2)
   _, grad, _ = est.unroll(est.init(jax.random.key(0), theta), theta, jax.random.key(1))
   assert {x.dtype for x in jax.tree.leaves(grad)} == {np.dtype(np.float32)}
+
+
+def test_lru_is_the_complex_recurrence_of_orvieto_et_al():
+  """h' = lambda h + gamma (B x) with lambda = exp(-exp(nu_log) + i exp(theta_log)), moduli on
+  the ring [r_min, r_max] and gamma initialised to sqrt(1 - |lambda|^2)."""
+  from unrolled import cells  # pylint: disable=g-import-not-at-top
+  layer = cells.lru(r_min=0.5, r_max=0.8)
+  params = layer.init_params(jax.random.key(0), 3, 64)
+  lam = jnp.exp(-jnp.exp(params["nu_log"]) + 1j * jnp.exp(params["theta_log"]))
+  assert bool(jnp.all((jnp.abs(lam) >= 0.5 - 1e-6) & (jnp.abs(lam) <= 0.8 + 1e-6)))
+  np.testing.assert_allclose(jnp.exp(params["gamma_log"]), jnp.sqrt(1 - jnp.abs(lam) ** 2),
+                             rtol=1e-5)
+  h = jax.random.normal(jax.random.key(1), (64, 2))
+  x = jax.random.normal(jax.random.key(2), (3,))
+  got = jax.vmap(layer.cell.step, in_axes=(0, 0, None))(h, params, x)
+  b = params["B_re"] + 1j * params["B_im"]
+  want = lam * (h[:, 0] + 1j * h[:, 1]) + jnp.exp(params["gamma_log"]) * (b @ x)
+  np.testing.assert_allclose(got[:, 0], want.real, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got[:, 1], want.imag, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make, kwargs, message", [
+    ("lru", {"r_min": 0.9, "r_max": 0.5}, "r_min < r_max"),
+    ("lru", {"r_max": 1.5}, "r_max <= 1"),
+    ("lru", {"max_phase": 0.0}, "max_phase"),
+    ("rtu", {"r_min": -0.1}, "0 <= r_min"),
+    ("rtu", {"activation": "gelu"}, "activation"),
+])
+def test_cells_refuse_bad_options(make, kwargs, message):
+  from unrolled import cells  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=message):
+    getattr(cells, make)(**kwargs)

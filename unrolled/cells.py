@@ -1,4 +1,4 @@
-"""Recurrent cells for online learning: eLSTM and RTUs (element-wise), and a dense tanh RNN.
+"""Recurrent cells for online learning: eLSTM, RTUs and LRUs (element-wise), a dense tanh RNN.
 
 Each cell is a :class:`RecurrentLayer`: per-unit functions (a
 :class:`metaopt.recurrent.ElementwiseCell`) plus a parameter initialiser that returns
@@ -36,6 +36,32 @@ class RecurrentLayer(NamedTuple):
 
 def _normal(key, shape, fan_in):
   return jax.random.normal(key, shape) / math.sqrt(fan_in)
+
+
+def _check_ring(r_min, r_max, max_phase):
+  if not 0.0 <= r_min < r_max <= 1.0:
+    raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
+  if not max_phase > 0:
+    raise ValueError(f"max_phase must be > 0, got {max_phase!r}")
+
+
+def _ring(k_modulus, k_phase, num_units, r_min, r_max, max_phase):
+  """Diagonal complex weights drawn on a ring: (nu_log, theta_log, r^2), r = exp(-exp(nu_log)).
+
+  r^2 ~ U(r_min^2, r_max^2), kept in [1e-6, 1 - 1e-6]; phases exp(theta_log) ~ U(0, max_phase).
+  """
+  u = jax.random.uniform(k_modulus, (num_units,))
+  r_sq = jnp.clip(u * (r_max**2 - r_min**2) + r_min**2, 1e-6, 1.0 - 1e-6)
+  phase = jnp.maximum(jax.random.uniform(k_phase, (num_units,)), 1e-3) * max_phase
+  return jnp.log(-0.5 * jnp.log(r_sq)), jnp.log(phase), r_sq
+
+
+def _rotate(h, p):
+  """lambda h in real form, lambda = exp(-exp(nu_log) + i exp(theta_log)); and |lambda|."""
+  r = jnp.exp(-jnp.exp(p["nu_log"]))
+  phase = jnp.exp(p["theta_log"])
+  re, im = r * jnp.cos(phase), r * jnp.sin(phase)
+  return jnp.stack([re * h[0] - im * h[1], re * h[1] + im * h[0]]), r
 
 
 def elstm(forget_bias: float = 1.0, *, output_gate: str = "cell") -> RecurrentLayer:
@@ -118,10 +144,7 @@ def rtu(*, linear: bool = True, activation: str = "tanh", r_min: float = 0.5,
   acts = {"tanh": jnp.tanh, "relu": jax.nn.relu}
   if activation not in acts:
     raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
-  if not 0.0 <= r_min < r_max <= 1.0:
-    raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
-  if not max_phase > 0:
-    raise ValueError(f"max_phase must be > 0, got {max_phase!r}")
+  _check_ring(r_min, r_max, max_phase)
   act = acts[activation]
 
   def initial(p):
@@ -129,12 +152,8 @@ def rtu(*, linear: bool = True, activation: str = "tanh", r_min: float = 0.5,
 
   def step(h, p, x):
     x = x.astype(p["W1"].dtype)
-    r = jnp.exp(-jnp.exp(p["nu_log"]))
-    phase = jnp.exp(p["theta_log"])
-    g, phi = r * jnp.cos(phase), r * jnp.sin(phase)
-    norm = jnp.sqrt(1.0 - r**2)
-    a = jnp.stack([g * h[0] - phi * h[1] + norm * (p["W1"] @ x),
-                   g * h[1] + phi * h[0] + norm * (p["W2"] @ x)])
+    rotated, r = _rotate(h, p)
+    a = rotated + jnp.sqrt(1.0 - r**2) * jnp.stack([p["W1"] @ x, p["W2"] @ x])
     return a if linear else act(a)
 
   def output(h, p, x):
@@ -143,10 +162,8 @@ def rtu(*, linear: bool = True, activation: str = "tanh", r_min: float = 0.5,
 
   def init_params(key, input_size, num_units):
     k = jax.random.split(key, 4)
-    u = jax.random.uniform(k[0], (num_units,))
-    r_sq = jnp.clip(u * (r_max**2 - r_min**2) + r_min**2, 1e-6, 1.0 - 1e-6)
-    phase = jnp.maximum(jax.random.uniform(k[1], (num_units,)), 1e-3) * max_phase
-    return {"nu_log": jnp.log(-0.5 * jnp.log(r_sq)), "theta_log": jnp.log(phase),
+    nu_log, theta_log, _ = _ring(k[0], k[1], num_units, r_min, r_max, max_phase)
+    return {"nu_log": nu_log, "theta_log": theta_log,
             "W1": _normal(k[2], (num_units, input_size), input_size),
             "W2": _normal(k[3], (num_units, input_size), input_size)}
 
@@ -156,6 +173,61 @@ def rtu(*, linear: bool = True, activation: str = "tanh", r_min: float = 0.5,
 def rtu_reference(*, linear: bool = True) -> RecurrentLayer:
   """RTUs with the reference code's choices (esraaelelimy/rtus): relu, r^2 ~ U(0, 1)."""
   return rtu(linear=linear, activation="relu", r_min=0.0, r_max=1.0)
+
+
+def lru(*, r_min: float = 0.9, r_max: float = 0.999, max_phase: float = 2 * math.pi
+        ) -> RecurrentLayer:
+  """Linear Recurrent Units (Orvieto et al. 2023), one complex unit per channel pair.
+
+  Per unit, with the exponential parameterisation lambda = exp(-exp(nu_log) +
+  i exp(theta_log)) (|lambda| < 1: stable), a learned input normalisation
+  gamma = exp(gamma_log) (initialised to sqrt(1 - |lambda|^2)) and complex
+  input weights B = B_re + i B_im::
+
+    h' = lambda h + gamma (B x)
+
+  in real form over (Re h, Im h). The output is h itself: the LRU's output
+  map Re(C h) is a dense linear map over all units, the readout's. Unlike a
+  linear RTU, gamma is a parameter of its own (an RTU ties its normaliser to
+  |lambda|) and there is no activation on the output.
+
+  Args:
+    r_min, r_max: initial moduli |lambda|, drawn uniformly on the ring
+      (|lambda|^2 ~ U(r_min^2, r_max^2); the paper's 0.9 and 0.999 by default).
+    max_phase: initial phases ~ U(0, max_phase).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from unrolled import cells
+    >>> layer = cells.lru()
+    >>> params = layer.init_params(jax.random.key(0), 3, 4)
+    >>> p0 = jax.tree.map(lambda x: x[0], params)
+    >>> h = layer.cell.step(layer.cell.initial(p0), p0, jnp.ones(3))
+    >>> h.shape, bool(jnp.all(jnp.exp(-jnp.exp(params["nu_log"])) < 1))
+    ((2,), True)
+  """
+  _check_ring(r_min, r_max, max_phase)
+
+  def initial(p):
+    return jnp.zeros((2,), p["nu_log"].dtype)
+
+  def step(h, p, x):
+    x = x.astype(p["B_re"].dtype)
+    rotated, _ = _rotate(h, p)
+    return rotated + jnp.exp(p["gamma_log"]) * jnp.stack([p["B_re"] @ x, p["B_im"] @ x])
+
+  def output(h, p, x):
+    del p, x
+    return h
+
+  def init_params(key, input_size, num_units):
+    k = jax.random.split(key, 4)
+    nu_log, theta_log, r_sq = _ring(k[0], k[1], num_units, r_min, r_max, max_phase)
+    return {"nu_log": nu_log, "theta_log": theta_log, "gamma_log": 0.5 * jnp.log(1.0 - r_sq),
+            "B_re": _normal(k[2], (num_units, input_size), 2 * input_size),
+            "B_im": _normal(k[3], (num_units, input_size), 2 * input_size)}
+
+  return RecurrentLayer(metaopt.recurrent.ElementwiseCell(initial, step, output), init_params, 2, 2)
 
 
 def dense_tanh() -> RecurrentLayer:
@@ -180,5 +252,6 @@ CELLS = {
     "rtu_nonlinear": lambda: rtu(linear=False),
     "rtu_linear_reference": lambda: rtu_reference(linear=True),
     "rtu_nonlinear_reference": lambda: rtu_reference(linear=False),
+    "lru": lru,
     "dense_tanh": dense_tanh,
 }

@@ -14,9 +14,9 @@ from unrolled import online_rnn
 
 # The agent's recurrent layers: the element-wise cells of the papers (RTUs with our defaults and
 # the reference code's; eLSTM with its output gate in the cell or, as the reference, in the
-# readout) and a dense tanh baseline.
+# readout; LRUs, the RTU paper's main comparator) and a dense tanh baseline.
 AGENT_CELLS = ("rtu_linear", "rtu_nonlinear", "rtu_linear_reference", "rtu_nonlinear_reference",
-               "elstm", "elstm_readout_gate", "dense_tanh")
+               "elstm", "elstm_readout_gate", "dense_tanh", "lru")
 
 
 class OnlineAgent(NamedTuple):

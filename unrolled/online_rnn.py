@@ -41,7 +41,7 @@ def online_rnn(*, cell: str = "elstm", task: str = "delayed_recall", hidden_size
   """Builds a one-layer recurrent network with a linear softmax readout on a stream task.
 
   Args:
-    cell: one of ``cells.CELLS``: "elstm", "rtu_linear", "rtu_nonlinear", "dense_tanh".
+    cell: one of ``cells.CELLS``: "elstm", "rtu_linear", "rtu_nonlinear", "lru", "dense_tanh".
     task: one of ``streams.STREAMS``: "delayed_recall", "t_maze".
     hidden_size: number of recurrent units.
     seed: makes the initial weights.
