@@ -2,6 +2,7 @@
 XLA's FLOP and bytes counts."""
 
 from metaopt._src.devices.counts import count_ratios
+from metaopt._src.devices.counts import plain_counts
 from metaopt._src.devices.counts import xla_counts
 from metaopt._src.devices.timing import compile_seconds
 from metaopt._src.devices.timing import estimator_runner
@@ -13,5 +14,5 @@ from metaopt._src.devices.timing import seconds_per_step
 from metaopt._src.devices.timing import step_breakdown
 
 __all__ = ("compile_seconds", "count_ratios", "estimator_runner", "interleaved_medians",
-           "peak_bytes", "plain_runner", "plain_step_seconds", "seconds_per_step",
+           "peak_bytes", "plain_counts", "plain_runner", "plain_step_seconds", "seconds_per_step",
            "step_breakdown", "xla_counts")

@@ -72,31 +72,17 @@ def make(spec, system, num_steps, num_particles):
 HEADLINE_SIZES = ((128, 2), (700, 3))  # the digits MLP at 26k and 1M parameters
 
 
-class Floor:
-  """XLA's FLOP and bytes counts per inner step (``metaopt.timing.xla_counts``) beside a ratio.
+def floor(problem, num_steps):
+  """``counter(est, window) -> {"flop_ratio", "bytes_ratio"}`` on ``problem``.
 
-  The plain step of a problem is counted once.
+  The plain step is counted once, here.
+
+  XLA's counts (``metaopt.timing.count_ratios``); call it before timing: counting clears JAX's
+  caches.
   """
-
-  def __init__(self, num_steps):
-    self.num_steps, self.plain = num_steps, {}
-
-  def __call__(self, problem, est, window):
-    """``{"flop_ratio", "bytes_ratio"}`` of ``est`` on ``problem`` (one unroll: window steps)."""
-    system, theta = problem.system, problem.theta
-    if id(system) not in self.plain:
-      state = system.init(jax.random.key(0), theta)
-      keys = jax.random.split(jax.random.key(1), self.num_steps)
-      self.plain[id(system)] = (system, timing.xla_counts(
-          lambda s, k: jax.lax.scan(lambda s, k: system.step(s, theta, k), s, k), state, keys,
-          num_steps=self.num_steps))
-    plain = self.plain[id(system)][1]
-    counted = timing.xla_counts(est.unroll, est.init(jax.random.key(0), theta), theta,
-                                jax.random.key(1), num_steps=window)
-    per_step = lambda c, n: {k: v / n for k, v in c.items()}
-    est_c, plain_c = per_step(counted, window), per_step(plain, self.num_steps)
-    return {"flop_ratio": est_c["flops"] / plain_c["flops"],
-            "bytes_ratio": est_c["bytes_accessed"] / plain_c["bytes_accessed"]}
+  plain = timing.plain_counts(problem.system, problem.theta, num_steps=num_steps)
+  return lambda est, window: timing.count_ratios(problem.system, problem.theta, est,
+                                                 num_steps=num_steps, window=window, plain=plain)
 
 
 def with_floor(row, counts):
@@ -112,13 +98,14 @@ def headline(config):
   """
   rows, problems = [], []
   for width, depth in HEADLINE_SIZES:
-    problem, floor, plain_times = digits(width=width, depth=depth), Floor(config.num_steps), []
+    problem, plain_times = digits(width=width, depth=depth), []
+    counter = floor(problem, config.num_steps)
     problems.append({"problem": problem.description, "num_params": problem.num_params})
     repeats = config.repeats if width <= 128 else max(3, config.repeats // 3)
     at = []
     for spec in config.estimators:
       est, window = make(spec, problem.system, config.num_steps, config.num_particles)
-      counts = floor(problem, est, window)  # before timing: it clears JAX's caches
+      counts = counter(est, window)  # before timing: it clears JAX's caches
       compile_s = timing.compile_seconds(est, problem.theta)
       plain_s, est_s = timing.seconds_per_step(problem.system, problem.theta, est, window=window,
                                                num_steps=config.num_steps, repeats=repeats)
@@ -158,10 +145,10 @@ def _sweep(config, points, build):
   rows = []
   for point in points:
     problem, reps = build(point)
-    floor = Floor(config.num_steps)
+    counter = floor(problem, config.num_steps)
     for spec in config.sweep_estimators:
       est, window = make(spec, problem.system, config.num_steps, config.num_particles)
-      counts = floor(problem, est, window)
+      counts = counter(est, window)
       plain_s, est_s = timing.seconds_per_step(
           problem.system, problem.theta, est, window=window, num_steps=config.num_steps,
           repeats=max(3, config.repeats // reps))
@@ -192,10 +179,10 @@ def hyperparams(config):
 def particles(config):
   """The particles estimator on the 5k MLP (num_steps=10) against num_particles = 2 ... 256."""
   problem, name = digits(width=64, depth=1), config.particles_estimator
-  rows, floor = [], Floor(10)
+  rows, counter = [], floor(problem, 10)
   for n in (2, 8, 32, 128, 256):
     est = metaopt.get_estimator(name, problem.system, num_steps=10, num_particles=n, sigma=0.01)
-    counts = floor(problem, est, 10)
+    counts = counter(est, 10)
     plain_s, est_s = timing.seconds_per_step(problem.system, problem.theta, est, num_steps=10,
                                              repeats=max(3, config.repeats // (1 + n // 32)))
     rows.append(with_floor({"point": n, "num_params": problem.num_params, "estimator": name,

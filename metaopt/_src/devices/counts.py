@@ -103,14 +103,41 @@ def xla_counts(fn: Callable, *args, num_steps: int) -> dict[str, float]:
   return {"flops": per(flops1, flops_u), "bytes_accessed": per(bytes1, bytes_u)}
 
 
+def plain_counts(system: base.UnrolledSystem, theta: PyTree, *,
+                 num_steps: int) -> dict[str, float]:
+  """:func:`xla_counts` of the plain inner loop: a scan of ``num_steps`` steps of ``system.step``.
+
+  Examples:
+    >>> import jax.numpy as jnp, metaopt
+    >>> system = metaopt.UnrolledSystem(lambda key, th: jnp.ones((16, 16)),
+    ...     lambda s, th, key: (jnp.tanh(th * s @ s), jnp.sum(s)), horizon=4)
+    >>> metaopt.timing.plain_counts(system, jnp.float32(0.5), num_steps=4)["flops"] > 4 * 2 * 16**3
+    True
+  """
+  state = system.init(jax.random.key(0), theta)
+  keys = jax.random.split(jax.random.key(1), num_steps)
+  return xla_counts(lambda s, k: jax.lax.scan(lambda s, k: system.step(s, theta, k), s, k),
+                    state, keys, num_steps=num_steps)
+
+
 def count_ratios(system: base.UnrolledSystem, theta: PyTree, est: base.Estimator, *,
-                 num_steps: int, window: int | None = None) -> dict[str, float]:
+                 num_steps: int, window: int | None = None,
+                 plain: dict[str, float] | None = None) -> dict[str, float]:
   """An estimator's XLA FLOPs and bytes accessed per inner step, over the plain step's.
 
   The floor its measured ratio (:func:`seconds_per_step`) can be set against:
   the plain step is a scan of ``num_steps`` steps of ``system.step``, one
   ``est.unroll`` advances ``window`` steps (``num_steps`` if None), both counted
   by :func:`xla_counts`.
+
+  Args:
+    system: the unrolled inner problem.
+    theta: the hyperparameters.
+    est: the estimator.
+    num_steps: the plain loop's length.
+    window: inner steps one ``est.unroll`` advances (``num_steps`` if None).
+    plain: :func:`plain_counts` of the same problem and ``num_steps``, when
+      several estimators share it (counted here if None).
 
   Returns:
     ``{"flop_ratio": ..., "bytes_ratio": ...}``.
@@ -125,11 +152,7 @@ def count_ratios(system: base.UnrolledSystem, theta: PyTree, est: base.Estimator
     True
   """
   window = window or num_steps
-  state = system.init(jax.random.key(0), theta)
-  keys = jax.random.split(jax.random.key(1), num_steps)
-  plain = xla_counts(
-      lambda s, k: jax.lax.scan(lambda s, k: system.step(s, theta, k), s, k), state, keys,
-      num_steps=num_steps)
+  plain = plain or plain_counts(system, theta, num_steps=num_steps)
   counted = xla_counts(est.unroll, est.init(jax.random.key(0), theta), theta,
                        jax.random.key(1), num_steps=window)
   return {"flop_ratio": counted["flops"] / window / (plain["flops"] / num_steps),
