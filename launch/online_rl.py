@@ -16,7 +16,7 @@ returns.png compare them: return against environment steps, mean and 95%
 confidence interval over seeds, and the cost per step against a forward step.
 
 Examples:
-  python -m launch.online_rl --flagfile=launch/configs/rl_memory_chain.flags
+  python -m launch.online_rl --flagfile=launch/configs/rl_memory_chain_10.flags
   python -m launch.online_rl --env=repeat_first --cells=rtu_linear,elstm \
       --estimators=rtrl_elementwise,tbptt[num_steps=4] --train_steps=20000
 """
@@ -43,6 +43,13 @@ _HIDDEN_SIZE = flags.DEFINE_integer("hidden_size", 16, "Recurrent units.")
 _HEAD_HIDDEN = flags.DEFINE_integer(
     "head_hidden", 0, "0: linear policy and value heads; else a tanh layer of this many units in "
     "each (the RTU paper's code: 64).")
+_ENCODER_SIZE = flags.DEFINE_integer(
+    "encoder_size", 0, "0: the layer reads the observation; else a Dense layer of this many tanh "
+    "units encodes it first (the RTU paper's network: 64), trained by its one-step gradient under "
+    "rtrl_elementwise and real-time PPO, by backprop through the window or sequence otherwise.")
+_REWARD_SCALE = flags.DEFINE_float(
+    "reward_scale", 1.0, "The learning targets read reward_scale * reward (returns are reported "
+    "unscaled).")
 _NUM_ENVS = flags.DEFINE_integer("num_envs", 8, "Environments per agent, side by side.")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Independent runs (seeds 0..seeds-1), vmapped.")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 20_000, "Environment steps per environment.")
@@ -55,11 +62,12 @@ _VALUE_COST = flags.DEFINE_float("value_cost", 0.5, "Value loss weight.")
 _ALGORITHM = flags.DEFINE_enum(
     "algorithm", "actor_critic", ["actor_critic", "ppo"],
     "actor_critic: one update per window of --num_steps with the one-step actor-critic loss; "
-    "ppo: metaopt.rl.real_time_ppo (rollouts of --rollout_steps, RTRL traces stored; needs "
-    "--estimators=rtrl_elementwise).")
+    "ppo: PPO on rollouts of --rollout_steps: metaopt.rl.real_time_ppo for "
+    "--estimators=rtrl_elementwise (RTRL traces stored), metaopt.rl.bptt_ppo for "
+    "tbptt[num_steps=K] (BPTT over sequences of K steps; K=--rollout_steps: the whole rollout).")
 _ROLLOUT_STEPS = flags.DEFINE_integer("rollout_steps", 128, "ppo: steps per environment per rollout.")
 _PPO_EPOCHS = flags.DEFINE_integer("ppo_epochs", 4, "ppo: passes over each rollout.")
-_PPO_MINIBATCHES = flags.DEFINE_integer("ppo_minibatches", 4, "ppo: minibatches (of single steps).")
+_PPO_MINIBATCHES = flags.DEFINE_integer("ppo_minibatches", 4, "ppo: minibatches (of single steps; of sequences with tbptt).")
 _CLIP = flags.DEFINE_float("clip", 0.2, "ppo: ratio (and value) clip.")
 _GAE_LAMBDA = flags.DEFINE_float("gae_lambda", 0.95, "ppo: GAE lambda.")
 _LOGDIR = flags.DEFINE_string("logdir", None, "Run folder (default runs/online_rl-<env>-<time>).")

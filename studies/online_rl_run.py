@@ -35,7 +35,28 @@ def build(f, cell, seed):
       cell=cell, env=f.env, hidden_size=f.hidden_size, seed=seed,
       num_envs=f.num_envs, gamma=f.gamma, entropy_cost=f.entropy_cost,
       value_cost=f.value_cost, env_options=unrolled.parse_options(f.env_option),
-      head_hidden=f.head_hidden)
+      head_hidden=f.head_hidden, encoder_size=f.encoder_size, reward_scale=f.reward_scale)
+
+
+def ppo_truncation(f, spec):
+  """--algorithm=ppo: None for real-time PPO (RTRL traces), else the BPTT truncation of ``spec``.
+
+  Raises app.UsageError for an estimator PPO does not take.
+  """
+  try:
+    name, options = metaopt.parse_spec(spec)
+  except ValueError as e:
+    raise app.UsageError(f"--estimators: {e}") from None
+  if name == "rtrl_elementwise" and not options:
+    return None
+  if name == "tbptt" and set(options) <= {"num_steps"}:
+    truncation = options.get("num_steps", f.num_steps)
+    if not isinstance(truncation, int) or truncation < 1 or f.rollout_steps % truncation:
+      raise app.UsageError(f"--estimators: {spec!r}: with --algorithm=ppo its num_steps (the BPTT "
+                           f"truncation) must divide --rollout_steps={f.rollout_steps}")
+    return truncation
+  raise app.UsageError(f"--estimators: {spec!r}: --algorithm=ppo takes rtrl_elementwise "
+                       "(real-time PPO) or tbptt[num_steps=K] (PPO with BPTT over K steps)")
 
 
 def validate_flags(f):
@@ -49,9 +70,10 @@ def validate_flags(f):
   for name in ("num_steps", "hidden_size", "num_envs", "seeds", "train_steps", "log_every"):
     if getattr(f, name) < 1:
       raise app.UsageError(f"--{name} must be >= 1, got {getattr(f, name)}")
-  if f.head_hidden < 0:
-    raise app.UsageError(f"--head_hidden must be >= 0, got {f.head_hidden}")
-  for name in ("learning_rate", "max_grad_norm"):
+  for name in ("head_hidden", "encoder_size"):
+    if getattr(f, name) < 0:
+      raise app.UsageError(f"--{name} must be >= 0, got {getattr(f, name)}")
+  for name in ("learning_rate", "max_grad_norm", "reward_scale"):
     if not (math.isfinite(getattr(f, name)) and getattr(f, name) > 0):
       raise app.UsageError(f"--{name} must be a finite number > 0, got {getattr(f, name)}")
   for name in ("entropy_cost", "value_cost"):
@@ -67,15 +89,17 @@ def validate_flags(f):
   if not 0 <= f.gae_lambda <= 1:
     raise app.UsageError(f"--gae_lambda must be in [0, 1], got {f.gae_lambda}")
   if f.algorithm == "ppo":
-    if f.estimators != ["rtrl_elementwise"]:
-      raise app.UsageError(f"--estimators={','.join(f.estimators)}: --algorithm=ppo "
-                           "takes its gradients from RTRL traces: use --estimators=rtrl_elementwise")
     if f.log_every % f.rollout_steps:
       raise app.UsageError(f"--rollout_steps={f.rollout_steps} must divide "
                            f"--log_every={f.log_every}")
-    if (f.rollout_steps * f.num_envs) % f.ppo_minibatches:
-      raise app.UsageError(f"--ppo_minibatches={f.ppo_minibatches} must divide "
-                           f"--rollout_steps * --num_envs = {f.rollout_steps * f.num_envs}")
+    for spec in f.estimators:
+      truncation = ppo_truncation(f, spec)
+      samples = (f.rollout_steps // (truncation or 1)) * f.num_envs
+      if samples % f.ppo_minibatches:
+        raise app.UsageError(
+            f"--ppo_minibatches={f.ppo_minibatches} must divide the {samples} "
+            + ("steps (--rollout_steps * --num_envs)" if truncation is None else
+               f"sequences of {spec} (--rollout_steps / {truncation} * --num_envs)"))
   if f.train_steps % f.log_every:
     raise app.UsageError(f"--train_steps={f.train_steps} must be a multiple of "
                          f"--log_every={f.log_every}")
@@ -111,6 +135,9 @@ def validate_flags(f):
         raise app.UsageError(f"--estimators: {spec!r} with cell {cell!r}: {e}") from None
       _check_bytes(f, f.seeds * metaopt.devices.state_bytes(estimator, agent.theta),
                    f"the state of {spec!r} with cell {cell!r}")
+    if f.algorithm == "ppo":  # PPO updates once per rollout (checked above)
+      windows[spec] = f.rollout_steps
+      continue
     window = metaopt.horizon.window_length(spec, agents[f.cells[0]].system, f.num_steps)
     if f.log_every % window:
       raise app.UsageError(f"--estimators: {spec!r}: its window of {window} steps must divide "
@@ -144,6 +171,9 @@ def config(f, cell, spec):
   return {"env": f.env, "env_option": sorted(f.env_option), "cell": cell,
           "estimator": spec, "num_steps": f.num_steps, "hidden_size": f.hidden_size,
           "num_envs": f.num_envs, "head_hidden": f.head_hidden, "seeds": f.seeds,
+          # Options added since the first checkpoints: only when set, so those still resume.
+          **({"encoder_size": f.encoder_size} if f.encoder_size else {}),
+          **({"reward_scale": f.reward_scale} if f.reward_scale != 1.0 else {}),
           "train_steps": f.train_steps,
           "log_every": f.log_every, "learning_rate": f.learning_rate,
           "max_grad_norm": f.max_grad_norm, "gamma": f.gamma,
@@ -181,17 +211,19 @@ def setup(f, cell, spec, window, folder):
   thetas = jax.tree.map(lambda *x: jnp.stack(x), *[a.theta for a in agents])
   if f.algorithm == "ppo":
     # As the RTU paper's code: clip the global norm, then Adam with eps 1e-5.
-    learner = metaopt.rl.real_time_ppo(
-        system, optax.chain(optax.clip_by_global_norm(f.max_grad_norm),
-                            optax.adam(f.learning_rate, eps=1e-5)),
-        num_steps=f.rollout_steps, num_epochs=f.ppo_epochs,
-        num_minibatches=f.ppo_minibatches, clip=f.clip, gae_lambda=f.gae_lambda)
+    optimizer = optax.chain(optax.clip_by_global_norm(f.max_grad_norm),
+                            optax.adam(f.learning_rate, eps=1e-5))
+    options = dict(num_steps=f.rollout_steps, num_epochs=f.ppo_epochs,
+                   num_minibatches=f.ppo_minibatches, clip=f.clip, gae_lambda=f.gae_lambda)
+    truncation = ppo_truncation(f, spec)
+    learner = (metaopt.rl.real_time_ppo(system, optimizer, **options) if truncation is None
+               else metaopt.rl.bptt_ppo(system, optimizer, truncation=truncation, **options))
     rollouts = f.log_every // f.rollout_steps
 
     def chunk(state):
       state, metrics = jax.lax.scan(lambda s, _: learner.step(s), state, None, length=rollouts)
-      return state, _row(state.inner, jnp.mean(metrics["trace_norm"]),
-                         jnp.all(jnp.isfinite(metrics["loss"])))
+      trace_norm = jnp.mean(metrics.get("trace_norm", jnp.zeros(1)))
+      return state, _row(state.inner, trace_norm, jnp.all(jnp.isfinite(metrics["loss"])))
 
     init = learner.init
   else:
@@ -319,8 +351,9 @@ def final_return(record, fraction=0.1):
 def markdown(f, records, forwards, description):
   """The summary table (summary.md)."""
   algorithm = ("one-step actor-critic" if f.algorithm == "actor_critic" else
-               f"real-time PPO (rollouts of {f.rollout_steps}, {f.ppo_epochs} epochs x "
-               f"{f.ppo_minibatches} minibatches)")
+               f"PPO (rollouts of {f.rollout_steps}, {f.ppo_epochs} epochs x "
+               f"{f.ppo_minibatches} minibatches; rtrl_elementwise: real-time PPO, "
+               "tbptt[num_steps=K]: BPTT over sequences of K steps)")
   lines = [f"{description}; {algorithm}; {f.train_steps} steps per environment, "
            f"{f.seeds} seeds, Adam lr {f.learning_rate}.", "",
            "| cell | estimator | window | return, last 10% (mean ± 95% CI) | diverged seeds | "
@@ -374,7 +407,7 @@ def main(f, argv):
   metaopt.files.write_atomic(os.path.join(logdir, "summary.json"), json.dumps(summary, indent=1))
   table = markdown(f, records, forwards, description)
   metaopt.files.write_atomic(os.path.join(logdir, "summary.md"), table)
-  algorithm = "one-step actor-critic" if f.algorithm == "actor_critic" else "real-time PPO"
+  algorithm = "one-step actor-critic" if f.algorithm == "actor_critic" else "PPO"
   report.return_curves(records, os.path.join(logdir, "returns.png"),
                        f"{agents[f.cells[0]].env.description}: {algorithm}, "
                        f"{f.hidden_size} units, {f.num_envs} envs, {f.seeds} seeds")

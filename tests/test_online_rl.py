@@ -134,7 +134,7 @@ def test_bad_agent_options(kwargs, match):
 
 def test_bad_agent_builder_options():
   with pytest.raises(ValueError, match="unknown cell"):
-    online_rl.online_agent(cell="gru")
+    online_rl.online_agent(cell="transformer")
   with pytest.raises(ValueError, match="unknown env"):
     online_rl.online_agent(env="pong")
   with pytest.raises(ValueError, match="head_hidden"):

@@ -246,6 +246,68 @@ def dense_tanh() -> RecurrentLayer:
   return RecurrentLayer(None, init_params, 1, 1, dense_step)
 
 
+def gru() -> RecurrentLayer:
+  """A GRU layer (Cho et al. 2014; the gate convention of PyTorch and flax), dense recurrence::
+
+    r = sigmoid(W_r x + U_r h + b_r),  z = sigmoid(W_z x + U_z h + b_z)
+    n = tanh(W_n x + b_n + r * (U_n h + c_n)),  h' = (1 - z) n + z h
+
+  The RL comparator of the RTU paper, trained with truncated BPTT; on it
+  ``metaopt.rtrl_elementwise`` (one block of all units) is plain exact RTRL.
+  """
+
+  def dense_step(h, p, x):
+    h = h[:, 0]
+    gx = p["W_x"] @ x.astype(p["W_x"].dtype) + p["b_x"]
+    gh = p["W_h"] @ h
+    n_units = h.shape[0]
+    r = jax.nn.sigmoid(gx[:n_units] + gh[:n_units])
+    z = jax.nn.sigmoid(gx[n_units:2 * n_units] + gh[n_units:2 * n_units])
+    n = jnp.tanh(gx[2 * n_units:] + r * (gh[2 * n_units:] + p["b_hn"]))
+    return ((1.0 - z) * n + z * h)[:, None]
+
+  def init_params(key, input_size, num_units):
+    k1, k2 = jax.random.split(key)
+    return {"W_x": _normal(k1, (3 * num_units, input_size), input_size),
+            "W_h": _normal(k2, (3 * num_units, num_units), num_units),
+            "b_x": jnp.zeros(3 * num_units), "b_hn": jnp.zeros(num_units)}
+
+  return RecurrentLayer(None, init_params, 1, 1, dense_step)
+
+
+def lstm(forget_bias: float = 1.0) -> RecurrentLayer:
+  """An LSTM layer (Hochreiter & Schmidhuber 1997, forget gate of Gers et al. 2000), dense::
+
+    i, f, g, o = W x + U h + b (four blocks of units)
+    c' = sigmoid(f) c + sigmoid(i) tanh(g),  h' = sigmoid(o) tanh(c')
+
+  State per unit (h, c), output h. The RTU paper's other truncated-BPTT comparator.
+
+  Args:
+    forget_bias: initial bias of f (1, as Jozefowicz et al. 2015 and most libraries).
+  """
+
+  def dense_step(state, p, x):
+    h, c = state[:, 0], state[:, 1]
+    n_units = h.shape[0]
+    gates = p["W_x"] @ x.astype(p["W_x"].dtype) + p["W_h"] @ h + p["b"]
+    i, f, g, o = (gates[k * n_units:(k + 1) * n_units] for k in range(4))
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return jnp.stack([jax.nn.sigmoid(o) * jnp.tanh(c), c], axis=1)
+
+  def init_params(key, input_size, num_units):
+    k1, k2 = jax.random.split(key)
+    b = jnp.zeros(4 * num_units).at[num_units:2 * num_units].set(forget_bias)
+    return {"W_x": _normal(k1, (4 * num_units, input_size), input_size),
+            "W_h": _normal(k2, (4 * num_units, num_units), num_units), "b": b}
+
+  return RecurrentLayer(None, init_params, 2, 1, dense_step)
+
+
+# The dense layers that only the RL agent builds (launch.online_rnn's dense path is the tanh RNN of
+# metaopt.recurrent.dense_system).
+DENSE_CELLS = {"dense_tanh": dense_tanh, "gru": gru, "lstm": lstm}
+
 CELLS = {
     "elstm": elstm,
     "rtu_linear": lambda: rtu(linear=True),

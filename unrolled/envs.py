@@ -12,6 +12,8 @@ From gymnax (imported only when such an env is made):
 * ``memory_chain``: bsuite's MemoryChain, ``gymnax.make("MemoryChain-bsuite")``.
 * ``masked_cartpole``: ``gymnax.make("CartPole-v1")`` with the velocities
   masked out of the observation, as in the RTU paper's code (esraaelelimy/rtus).
+* ``masked_pendulum``: ``gymnax.make("Pendulum-v1")`` with the angular velocity
+  masked out: continuous actions (the torque).
 
 Our own versions of POPGym tasks (Morad et al. 2023, "POPGym: Benchmarking
 Partially Observable Reinforcement Learning"), written here because POPGym's
@@ -55,15 +57,18 @@ class Env(NamedTuple):
       truncated; the step then resets automatically: ``obs`` and ``state``
       are those of a fresh episode, drawn with a key derived from ``key``.
       ``reward`` (float32 scalar) is the reward of the step just taken.
-    num_actions: actions are int32 scalars in ``range(num_actions)``.
+    num_actions: actions are int32 scalars in ``range(num_actions)``; for a
+      ``continuous`` env, float32 vectors of this size.
     obs_size: observations are float32 of shape ``(obs_size,)``.
     description: one line.
+    continuous: whether actions are real vectors (a Gaussian policy's).
   """
   reset: Callable
   step: Callable
   num_actions: int
   obs_size: int
   description: str
+  continuous: bool = False
 
 
 def _strong(tree):
@@ -85,8 +90,11 @@ def _check_int(name, value, minimum):
 # gymnax environments
 
 
-def _gymnax_env(env, params, observe, num_actions, obs_size, description):
+def _gymnax_env(env, params, observe, num_actions, obs_size, description, continuous=False):
   """Wraps a gymnax env into an :class:`Env`; ``observe`` maps gymnax's observation to ours."""
+  # Continuous: the default float (float64 under jax_enable_x64, as gymnax's reset state then).
+  as_action = ((lambda a: jnp.asarray(a, float).reshape(())) if continuous
+               else (lambda a: jnp.asarray(a, jnp.int32)))
 
   def reset(key):
     obs, state = env.reset(key, params)
@@ -96,11 +104,11 @@ def _gymnax_env(env, params, observe, num_actions, obs_size, description):
     # gymnax's step auto-resets (with a key it splits from ours) and returns the fresh
     # episode's observation and state when the episode ends.
     obs, state, reward, terminated, truncated, _ = env.step(
-        key, state, jnp.asarray(action, jnp.int32), params)
+        key, state, as_action(action), params)
     done = jnp.logical_or(terminated, truncated)
     return observe(obs), _strong(state), jnp.asarray(reward, jnp.float32), done
 
-  return Env(reset, step, num_actions, obs_size, description)
+  return Env(reset, step, num_actions, obs_size, description, continuous)
 
 
 def memory_chain(memory_length: int = 10) -> Env:
@@ -333,6 +341,28 @@ def count_recall(num_symbols: int = 4, length: int = 16) -> Env:
              f"count the deals of a queried symbol (of {num_symbols}) over {length} steps")
 
 
+def masked_pendulum() -> Env:
+  """Pendulum-v1 (gymnax) observing only the angle, (cos, sin): continuous control, partially observed.
+
+  The angular velocity (entry 2 of Pendulum's observation) is masked out, as
+  the RTU paper masks velocities in its continuous-control POMDPs, so the
+  agent must infer it from successive angles. One action, the torque, clipped
+  to [-2, 2] by the environment; reward -(angle^2 + 0.1 velocity^2 + 0.001
+  torque^2) per step; episodes of 200 steps (gymnax's time limit; a random
+  policy scores about -1,200, a good swing-up about -150 to -200).
+
+  Returns:
+    The :class:`Env` (continuous, 1 action, observations ``[cos angle, sin angle]``).
+  """
+  import gymnax  # pylint: disable=g-import-not-at-top  (slow; only the gymnax envs need it)
+
+  env, params = gymnax.make("Pendulum-v1")
+  return _gymnax_env(
+      env, params, lambda obs: jnp.asarray(obs, jnp.float32)[:2], 1, 2,
+      "Pendulum-v1 (gymnax) without angular velocity: observes cos and sin of the angle",
+      continuous=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Registry
 
@@ -340,6 +370,7 @@ def count_recall(num_symbols: int = 4, length: int = 16) -> Env:
 ENVS: dict[str, Callable[..., Env]] = {
     "memory_chain": memory_chain,
     "masked_cartpole": masked_cartpole,
+    "masked_pendulum": masked_pendulum,
     "repeat_first": repeat_first,
     "repeat_previous": repeat_previous,
     "count_recall": count_recall,

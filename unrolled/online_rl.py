@@ -14,9 +14,10 @@ from unrolled import online_rnn
 
 # The agent's recurrent layers: the element-wise cells of the papers (RTUs with our defaults and
 # the reference code's; eLSTM with its output gate in the cell or, as the reference, in the
-# readout; LRUs, the RTU paper's main comparator) and a dense tanh baseline.
+# readout; LRUs, the RTU paper's main comparator), a dense tanh baseline and the dense GRU and
+# LSTM, the comparators trained with truncated BPTT.
 AGENT_CELLS = ("rtu_linear", "rtu_nonlinear", "rtu_linear_reference", "rtu_nonlinear_reference",
-               "elstm", "elstm_readout_gate", "dense_tanh", "lru")
+               "elstm", "elstm_readout_gate", "dense_tanh", "lru", "gru", "lstm")
 
 
 class OnlineAgent(NamedTuple):
@@ -36,27 +37,38 @@ class OnlineAgent(NamedTuple):
   num_params: int
 
 
-def dense_tanh_block(num_units: int) -> metaopt.recurrent.ElementwiseCell:
-  """A dense tanh layer as ONE "unit" of ``num_units`` channels: h' = tanh(W_h h + W_x x + b).
+def dense_block(layer: cells.RecurrentLayer) -> metaopt.recurrent.ElementwiseCell:
+  """A dense layer (``layer.dense_step``: tanh RNN, GRU, LSTM) as ONE "unit" of all its channels.
 
-  Every channel reads every channel, so the layer is a single block; on it,
+  Every channel reads every channel, so the layer is a single block whose
+  state is the layer's ``(num_units, C)`` state flattened; its output is the
+  first ``layer.num_outputs`` channels of each unit (an LSTM's h, not c). On it
   :func:`metaopt.rtrl_elementwise` is plain exact RTRL (a trace of
-  num_units x all weights), and every generic estimator applies.
+  num_units x C x all weights), and every generic estimator applies.
   """
-  del num_units
+  channels, outputs = layer.num_channels, layer.num_outputs
 
   def step(h, p, x):
-    return jnp.tanh(p["W_h"] @ h + p["W_x"] @ x.astype(p["W_x"].dtype) + p["b"])
+    return layer.dense_step(h.reshape(-1, channels), p, x).reshape(-1)
 
-  return metaopt.recurrent.ElementwiseCell(initial=lambda p: jnp.zeros_like(p["b"]), step=step,
-                                 output=lambda h, p, x: h)
+  def initial(p):
+    return jnp.zeros(p["W_h"].shape[1] * channels, p["W_h"].dtype)
+
+  return metaopt.recurrent.ElementwiseCell(
+      initial=initial, step=step, output=lambda h, p, x: h.reshape(-1, channels)[:, :outputs]
+      .reshape(-1))
 
 
 def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_size: int = 16,
                  seed: int = 0, num_envs: int = 8, gamma: float = 0.99,
                  entropy_cost: float = 0.01, value_cost: float = 1.0,
-                 env_options: dict | None = None, head_hidden: int = 0) -> OnlineAgent:
+                 env_options: dict | None = None, head_hidden: int = 0,
+                 encoder_size: int = 0, reward_scale: float = 1.0) -> OnlineAgent:
   """Builds an actor-critic agent with one recurrent layer and linear heads.
+
+  Discrete-action environments get a categorical policy; continuous ones
+  (``env.continuous``) a Gaussian with a learned, state-independent log
+  standard deviation (initially 0), as PPO's reference implementations.
 
   Args:
     cell: one of ``AGENT_CELLS``.
@@ -69,6 +81,14 @@ def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_
     head_hidden: 0 for linear policy and value heads; else each head is a tanh
       layer of this many units and a linear layer (the RTU paper's code: 64).
       The heads get plain backprop, so exact RTRL stays exact.
+    encoder_size: 0 for none; else a tanh layer of this many units encodes
+      each observation before the recurrent layer (the RTU paper's network:
+      Dense 64 + tanh). Its weights sit in ``theta["readout"]`` ("enc_w",
+      "enc_b"): generic estimators backpropagate into it through their windows,
+      ``rtrl_elementwise`` and real-time PPO give it its one-step gradient, as
+      the reference code.
+    reward_scale: what the learning targets multiply rewards by
+      (:func:`metaopt.rl.agent_system`); returns are reported unscaled.
 
   Returns:
     An :class:`OnlineAgent`.
@@ -77,24 +97,27 @@ def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_
     raise ValueError(f"unknown cell {cell!r}; choose one of {list(AGENT_CELLS)}")
   if not isinstance(hidden_size, int) or hidden_size < 1:
     raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
-  if isinstance(head_hidden, bool) or not isinstance(head_hidden, int) or head_hidden < 0:
-    raise ValueError(f"head_hidden must be an int >= 0, got {head_hidden!r}")
+  for name, value in (("head_hidden", head_hidden), ("encoder_size", encoder_size)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ValueError(f"{name} must be an int >= 0, got {value!r}")
   environment = envs.make(env, **(env_options or {}))
   k_cell, k_pi, k_v = jax.random.split(jax.random.key(seed), 3)
-  if cell == "dense_tanh":
-    recurrent = dense_tanh_block(hidden_size)
-    dense = cells.dense_tanh().init_params(k_cell, environment.obs_size, hidden_size)
+  input_size = encoder_size or environment.obs_size
+  if cell in cells.DENSE_CELLS:
+    layer = cells.DENSE_CELLS[cell]()
+    recurrent = dense_block(layer)
+    dense = layer.init_params(k_cell, input_size, hidden_size)
     cell_params = jax.tree.map(lambda x: x[None], dense)  # one block "unit"
-    num_features = hidden_size
+    num_features = hidden_size * layer.num_outputs
   elif cell == "elstm_readout_gate":
     layer = cells.elstm(output_gate="readout")
     recurrent = layer.cell
-    cell_params = layer.init_params(k_cell, environment.obs_size, hidden_size)
+    cell_params = layer.init_params(k_cell, input_size, hidden_size)
     num_features = hidden_size
   else:
     layer = cells.CELLS[cell]()
     recurrent = layer.cell
-    cell_params = layer.init_params(k_cell, environment.obs_size, hidden_size)
+    cell_params = layer.init_params(k_cell, input_size, hidden_size)
     num_features = hidden_size * layer.num_outputs
   head_in = head_hidden or num_features
   scale = 1.0 / jnp.sqrt(head_in)
@@ -104,6 +127,13 @@ def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_
                        "pi_b": jnp.zeros(environment.num_actions),
                        "v_w": jax.random.normal(k_v, (head_in,)) * 0.1 * scale,
                        "v_b": jnp.zeros(())}}
+  if environment.continuous:  # a Gaussian policy: (mean, log_std)
+    theta["readout"]["log_std"] = jnp.zeros(environment.num_actions)
+  if encoder_size:
+    k_enc = jax.random.fold_in(k_cell, 3)
+    theta["readout"]["enc_w"] = (jax.random.normal(k_enc, (encoder_size, environment.obs_size))
+                                 / jnp.sqrt(environment.obs_size))
+    theta["readout"]["enc_b"] = jnp.zeros(encoder_size)
   if head_hidden:
     k_ph, k_vh = jax.random.split(jax.random.fold_in(k_cell, 2))
     for name, k in (("pi", k_ph), ("v", k_vh)):
@@ -113,7 +143,7 @@ def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_
   gate_in_readout = cell == "elstm_readout_gate"
   if gate_in_readout:  # the reference's dense output gate over [x; c], outside the RTRL layer
     k_gate = jax.random.fold_in(k_cell, 1)
-    fan_in = environment.obs_size + hidden_size
+    fan_in = input_size + hidden_size
     theta["readout"]["gate_w"] = (jax.random.normal(k_gate, (hidden_size, fan_in))
                                   / jnp.sqrt(fan_in))
     theta["readout"]["gate_b"] = jnp.zeros(hidden_size)
@@ -128,14 +158,23 @@ def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_
       v_in = jnp.tanh(readout["v_hidden_w"] @ features + readout["v_hidden_b"])
     else:
       pi_in = v_in = features
-    return (readout["pi_w"] @ pi_in + readout["pi_b"], readout["v_w"] @ v_in + readout["v_b"])
+    policy_out = readout["pi_w"] @ pi_in + readout["pi_b"]
+    if environment.continuous:
+      policy_out = (policy_out, readout["log_std"])
+    return policy_out, readout["v_w"] @ v_in + readout["v_b"]
 
-  system = metaopt.rl.agent_system(recurrent, env_reset=environment.reset,
-                                env_step=environment.step, heads=heads,
-                                horizon=online_rnn.ENDLESS, num_envs=num_envs, gamma=gamma,
-                                entropy_cost=entropy_cost, value_cost=value_cost)
+  def encode(readout, obs):
+    return jnp.tanh(readout["enc_w"] @ obs.astype(readout["enc_w"].dtype) + readout["enc_b"])
+
+  system = metaopt.rl.agent_system(
+      recurrent, env_reset=environment.reset, env_step=environment.step, heads=heads,
+      horizon=online_rnn.ENDLESS, num_envs=num_envs, gamma=gamma, entropy_cost=entropy_cost,
+      value_cost=value_cost,
+      policy=metaopt.rl.gaussian() if environment.continuous else metaopt.rl.categorical(),
+      encode=encode if encoder_size else None, reward_scale=reward_scale)
   num_params = sum(x.size for x in jax.tree.leaves(theta))
-  description = (f"agent with {cell} ({hidden_size} units, {num_params} weights), "
+  encoder = f"Dense {encoder_size} + tanh encoder, " if encoder_size else ""
+  description = (f"agent with {encoder}{cell} ({hidden_size} units, {num_params} weights), "
                  f"{num_envs} envs of {environment.description}")
   return OnlineAgent(system, theta, environment, description, num_params)
 

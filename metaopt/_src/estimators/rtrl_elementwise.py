@@ -66,17 +66,25 @@ def trace_norm(traces):
 
 
 def agent_start_traces(cell, cell_params, obs):
-  """The traces of every environment's h_0 = step(initial, theta, o_0); obs (num_envs, ...)."""
+  """The traces of every environment's h_0 = step(initial, theta, x_0); obs: the layer's
+  inputs x_0 (the observations or their encodings), (num_envs, ...)."""
   initial = jax.vmap(cell.initial)(cell_params)
   m0 = initial_traces(cell, cell_params)
   return jax.vmap(lambda x: traced_layer_step(cell, initial, cell_params, x, m0)[1])(obs)
 
 
 def agent_next_traces(cell, cell_params, hidden, traces, done, new_obs, initial, m0):
-  """One environment's traces after its step: restarted (with the hidden state) on ``done``."""
+  """One environment's traces after its step (``new_obs``: the layer's next input): restarted
+  (with the hidden state) on ``done``."""
   begin_hidden = jnp.where(done, initial, hidden)
   begin_traces = jax.tree.map(lambda m, m_0: jnp.where(done, m_0, m), traces, m0)
   return traced_layer_step(cell, begin_hidden, cell_params, new_obs, begin_traces)[1]
+
+
+def layer_inputs(system: agent.AgentSystem, theta, obs):
+  """The layer's inputs of every environment, (num_envs, ...), held fixed for the traces."""
+  return jax.lax.stop_gradient(
+      jax.vmap(lambda o: agent.layer_input(system, theta["readout"], o))(obs))
 
 
 def rtrl_elementwise(system: elementwise.ElementwiseSystem, *, num_steps: int) -> base.Estimator:
@@ -189,7 +197,7 @@ def _rtrl_agent(system: agent.AgentSystem, *, num_steps: int) -> base.Estimator:
 
   def start(theta, keys, init_key):
     inner = system.init(init_key, theta)
-    return inner, agent_start_traces(cell, theta["cell"], inner.obs)
+    return inner, agent_start_traces(cell, theta["cell"], layer_inputs(system, theta, inner.obs))
 
   def forward(begin, theta, keys):
     cell_params = theta["cell"]
@@ -201,18 +209,24 @@ def _rtrl_agent(system: agent.AgentSystem, *, num_steps: int) -> base.Estimator:
       inner, traces, grad = carry
       new_inner, aux = agent.transition(system, inner, theta, step_key)
 
-      def one(hidden, obs, traces, aux, new_obs):
+      def one(hidden, begin, obs, traces, aux, new_obs):
+        def loss_fn(h, p, r):
+          # The encoder (if any) gets its one-step gradient through h; the layer, its traces'.
+          h = agent.with_encoder_step(system, {"cell": p, "readout": r}, h, begin, obs)
+          x = agent.layer_input(system, r, obs)
+          return agent.loss_from_outputs(system, r, elementwise.cell_outputs(cell, h, p, x), x,
+                                         aux)
+
         (loss, parts), (delta, direct, d_readout) = jax.value_and_grad(
-            lambda h, p, r: agent.loss_from_outputs(
-                system, r, elementwise.cell_outputs(cell, h, p, obs), obs, aux),
-            argnums=(0, 1, 2), has_aux=True)(hidden, cell_params, theta["readout"])
-        new_traces = agent_next_traces(cell, cell_params, hidden, traces, aux.done, new_obs,
+            loss_fn, argnums=(0, 1, 2), has_aux=True)(hidden, cell_params, theta["readout"])
+        new_x = jax.lax.stop_gradient(agent.layer_input(system, theta["readout"], new_obs))
+        new_traces = agent_next_traces(cell, cell_params, hidden, traces, aux.done, new_x,
                                        initial, m0)
         grad = {"cell": contract(delta, direct, traces), "readout": d_readout}
         return loss, parts, grad, new_traces
 
-      losses, parts, grads, traces = jax.vmap(one)(inner.hidden, inner.obs, traces, aux,
-                                                   new_inner.obs)
+      losses, parts, grads, traces = jax.vmap(one)(inner.hidden, inner.begin, inner.obs, traces,
+                                                   aux, new_inner.obs)
       step_grad = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
       grad = jax.tree.map(lambda g, d: g + d.astype(g.dtype), grad, step_grad)
       return (agent.record(new_inner, parts), traces, grad), jnp.mean(losses)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from metaopt._src.core import base
 from metaopt._src.recurrent import elementwise
+from metaopt._src.rl import policies
 
 
 class AgentState(NamedTuple):
@@ -48,6 +49,9 @@ class AgentState(NamedTuple):
     episodes: how many episodes finished so far.
     entropy, value_loss: the policy's entropy and the value loss, summed over
       steps so far (diagnostics, through ``stop_gradient``).
+    begin: ``(num_envs, num_units, C)``, the state the layer's last step started
+      from (``hidden``'s predecessor, or the cell's initial state after ``done``):
+      what an encoder's one-step gradient differentiates through.
   """
   hidden: jax.Array
   obs: jax.Array
@@ -59,6 +63,7 @@ class AgentState(NamedTuple):
   episodes: jax.Array
   entropy: jax.Array
   value_loss: jax.Array
+  begin: jax.Array
 
 
 class AgentSystem(NamedTuple):
@@ -73,9 +78,15 @@ class AgentSystem(NamedTuple):
     env_reset: ``env_reset(key) -> (obs, env_state)`` of ONE environment.
     env_step: ``env_step(key, env_state, action) -> (obs, env_state, reward, done)``
       of ONE environment, resetting itself when ``done``.
-    heads: ``heads(readout, outputs, obs) -> (logits, value)`` of ONE environment.
+    heads: ``heads(readout, outputs, x) -> (policy_params, value)`` of ONE environment
+      (``x``: the layer's input, the observation or its encoding).
     num_envs: environments run side by side (vmapped).
     gamma, entropy_cost, value_cost: of the loss.
+    policy: the :class:`Policy` of the actions (categorical or Gaussian).
+    encode: ``encode(readout, obs) -> x``, a feed-forward encoder before the
+      layer with its weights in ``theta["readout"]``, or None (x = obs).
+    reward_scale: what the learning targets multiply rewards by (the returns
+      recorded in the state stay the environment's).
   """
   init: Callable
   step: Callable
@@ -88,11 +99,16 @@ class AgentSystem(NamedTuple):
   gamma: float
   entropy_cost: float
   value_cost: float
+  policy: policies.Policy = policies.categorical()
+  encode: Callable | None = None
+  reward_scale: float = 1.0
 
 
 def agent_system(cell: elementwise.ElementwiseCell, *, env_reset: Callable, env_step: Callable,
                  heads: Callable, horizon: int, num_envs: int = 1, gamma: float = 0.99,
-                 entropy_cost: float = 0.01, value_cost: float = 1.0) -> AgentSystem:
+                 entropy_cost: float = 0.01, value_cost: float = 1.0,
+                 policy: policies.Policy | None = None,
+                 encode: Callable | None = None, reward_scale: float = 1.0) -> AgentSystem:
   """Builds the unrolled system of an online actor-critic agent with one element-wise layer.
 
   Args:
@@ -100,14 +116,24 @@ def agent_system(cell: elementwise.ElementwiseCell, *, env_reset: Callable, env_
     env_reset: ``env_reset(key) -> (obs, env_state)``, one environment.
     env_step: ``env_step(key, env_state, action) -> (obs, env_state, reward, done)``,
       one environment, auto-resetting (when ``done``, ``obs`` opens the next episode).
-    heads: ``heads(readout, outputs, obs) -> (logits, value)``: the policy's
-      logits ``(num_actions,)`` and the value, from the layer's outputs
-      ``(num_units, O)`` (and the observation, for a gate in the readout).
+    heads: ``heads(readout, outputs, x) -> (policy_params, value)``: the
+      policy's parameters (``policy``'s: logits ``(num_actions,)``, or a Gaussian's
+      ``(mean, log_std)``) and the value, from the layer's outputs
+      ``(num_units, O)`` (and its input ``x``, for a gate in the readout).
     horizon: inner steps before everything restarts from ``init`` (an endless
       run: a large number).
     num_envs: environments side by side; the loss is their mean.
     gamma: discount of the TD target, in [0, 1].
     entropy_cost: c_e >= 0. value_cost: c_v >= 0.
+    policy: :func:`metaopt.rl.categorical` (the default) or :func:`metaopt.rl.gaussian`.
+    encode: ``encode(readout, obs) -> x``: an encoder before the layer (the RTU
+      paper's Dense 64 + tanh), its weights in ``theta["readout"]``. Generic
+      estimators differentiate through it like any weight; ``rtrl_elementwise``
+      and ``real_time_ppo`` give it its one-step gradient (through the layer's
+      last step only, as the reference code: dL_t/dh_t dh_t/dx_t dx_t/dw).
+    reward_scale: > 0; the TD and GAE targets read ``reward_scale * reward``
+      (Pendulum's rewards of about -8 per step make value targets near -800);
+      the recorded returns are the environment's.
 
   Returns:
     An :class:`AgentSystem`, usable by every estimator.
@@ -137,18 +163,29 @@ def agent_system(cell: elementwise.ElementwiseCell, *, env_reset: Callable, env_
   for name, value in (("entropy_cost", entropy_cost), ("value_cost", value_cost)):
     if base.check_float(value, name, positive=False) < 0:
       raise ValueError(f"{name} must be >= 0, got {value}")
+  if policy is None:
+    policy = policies.categorical()
+  if not isinstance(policy, policies.Policy):
+    raise ValueError(f"policy must be a metaopt.rl.Policy (categorical() or gaussian()), got "
+                     f"{type(policy).__name__}")
+  if not base.check_float(reward_scale, "reward_scale") > 0:
+    raise ValueError(f"reward_scale must be > 0, got {reward_scale}")
+  if encode is not None and not callable(encode):
+    raise ValueError(f"encode must be callable or None, got {type(encode).__name__}")
 
   def init(key, theta):
     elementwise.check_theta_layout(theta)
     obs, env = jax.vmap(env_reset)(jax.random.split(key, num_envs))
     initial = jax.vmap(cell.initial)(theta["cell"])
-    hidden = jax.vmap(lambda x: _layer_step(cell, initial, theta["cell"], x))(obs)
+    x = jax.vmap(lambda o: layer_input(system, theta["readout"], o))(obs)
+    hidden = jax.vmap(lambda x: _layer_step(cell, initial, theta["cell"], x))(x)
     zeros = jnp.zeros(num_envs, jnp.float32)
     count = jnp.zeros(num_envs, jnp.int32)
-    return AgentState(hidden, obs, env, zeros, count, zeros, count, count, zeros, zeros)
+    begin = jnp.broadcast_to(initial, hidden.shape)
+    return AgentState(hidden, obs, env, zeros, count, zeros, count, count, zeros, zeros, begin)
 
   system = AgentSystem(init, None, horizon, cell, env_reset, env_step, heads, num_envs, gamma,
-                       entropy_cost, value_cost)
+                       entropy_cost, value_cost, policy, encode, float(reward_scale))
 
   def step(state, theta, key):
     new_state, aux = transition(system, state, theta, key)
@@ -163,12 +200,41 @@ def _layer_step(cell, hidden, cell_params, x):
   return jax.vmap(cell.step, (0, 0, None))(hidden, cell_params, x)
 
 
+def layer_input(system: AgentSystem, readout: Any, obs: jax.Array) -> jax.Array:
+  """What the layer reads from one environment's observation: its encoding, or itself."""
+  return obs if system.encode is None else system.encode(readout, obs)
+
+
+def policy_and_value(system: AgentSystem, theta: Any, hidden: jax.Array,
+                     obs: jax.Array) -> tuple[Any, jax.Array]:
+  """The heads' output for one environment: (policy parameters, value) from h_t and o_t."""
+  x = layer_input(system, theta["readout"], obs)
+  return system.heads(theta["readout"],
+                      elementwise.cell_outputs(system.cell, hidden, theta["cell"], x), x)
+
+
+def with_encoder_step(system: AgentSystem, theta: Any, hidden: jax.Array, begin: jax.Array,
+                      obs: jax.Array) -> jax.Array:
+  """``hidden`` (one environment's), carrying the encoder's one-step gradient when there is one.
+
+  Its value is ``hidden``; its derivative with respect to ``theta["readout"]``
+  is that of the layer's last step, begin -> hidden, through the encoder only
+  (begin and the layer's weights held fixed): what RTRL's traces leave out.
+  """
+  if system.encode is None:
+    return hidden
+  stop = jax.lax.stop_gradient
+  stepped = _layer_step(system.cell, stop(begin), stop(theta["cell"]),
+                        system.encode(theta["readout"], obs))
+  return hidden + (stepped - stop(stepped))
+
+
 class Transition(NamedTuple):
   """What the loss of one environment's step needs besides h_t: all theta-free."""
   action: jax.Array
   target: jax.Array
   done: jax.Array
-  reward: jax.Array
+  reward: jax.Array  # the environment's (unscaled)
 
 
 def transition(system: AgentSystem, state: AgentState, theta: Any,
@@ -184,19 +250,20 @@ def transition(system: AgentSystem, state: AgentState, theta: Any,
   stop = jax.lax.stop_gradient
 
   def one(hidden, obs, env, k_a, k_e):
-    logits, _ = system.heads(stop(theta["readout"]),
-                             stop(elementwise.cell_outputs(cell, hidden, theta["cell"], obs)), obs)
-    action = jax.random.categorical(k_a, logits)
+    x = stop(layer_input(system, theta["readout"], obs))
+    params, _ = system.heads(stop(theta["readout"]),
+                             stop(elementwise.cell_outputs(cell, hidden, theta["cell"], x)), x)
+    action = system.policy.sample(k_a, params)
     new_obs, env, reward, done = system.env_step(k_e, env, action)
     start = jnp.where(done, initial, hidden)
-    new_hidden = _layer_step(cell, start, theta["cell"], new_obs)
+    new_x = layer_input(system, theta["readout"], new_obs)
+    new_hidden = _layer_step(cell, start, theta["cell"], new_x)
     _, next_value = system.heads(
-        theta["readout"], elementwise.cell_outputs(cell, new_hidden, theta["cell"], new_obs),
-        new_obs)
-    target = stop(reward + system.gamma * (1.0 - done) * next_value)
-    return new_hidden, new_obs, env, reward, done, Transition(action, target, done, reward)
+        theta["readout"], elementwise.cell_outputs(cell, new_hidden, theta["cell"], new_x), new_x)
+    target = stop(system.reward_scale * reward + system.gamma * (1.0 - done) * next_value)
+    return new_hidden, start, new_obs, env, reward, done, Transition(action, target, done, reward)
 
-  hidden, obs, env, reward, done, aux = jax.vmap(one)(
+  hidden, begin, obs, env, reward, done, aux = jax.vmap(one)(
       state.hidden, state.obs, state.env, jax.random.split(k_act, envs),
       jax.random.split(k_env, envs))
   episode_return = state.episode_return + reward.astype(state.episode_return.dtype)
@@ -207,7 +274,7 @@ def transition(system: AgentSystem, state: AgentState, theta: Any,
       jnp.where(done, 0.0, episode_return), jnp.where(done, 0, episode_length),
       state.returns + jnp.where(done, episode_return, 0.0),
       state.lengths + finished * episode_length, state.episodes + finished, state.entropy,
-      state.value_loss)
+      state.value_loss, begin)
   return new_state, aux
 
 
@@ -222,16 +289,17 @@ def record(state: AgentState, parts: dict) -> AgentState:
 def env_loss(system: AgentSystem, theta: Any, hidden: jax.Array, obs: jax.Array,
              aux: Transition) -> tuple[jax.Array, dict]:
   """The actor-critic loss of one environment's step, a function of h_t; and its parts."""
-  outputs = elementwise.cell_outputs(system.cell, hidden, theta["cell"], obs)
-  return loss_from_outputs(system, theta["readout"], outputs, obs, aux)
+  x = layer_input(system, theta["readout"], obs)
+  outputs = elementwise.cell_outputs(system.cell, hidden, theta["cell"], x)
+  return loss_from_outputs(system, theta["readout"], outputs, x, aux)
 
 
-def loss_from_outputs(system: AgentSystem, readout: Any, outputs: jax.Array, obs: jax.Array,
+def loss_from_outputs(system: AgentSystem, readout: Any, outputs: jax.Array, x: jax.Array,
                       aux: Transition) -> tuple[jax.Array, dict]:
-  logits, value = system.heads(readout, outputs, obs)
-  log_p = jax.nn.log_softmax(logits)
-  entropy = -jnp.sum(jnp.exp(log_p) * log_p)
+  """The actor-critic loss from the layer's outputs and input ``x``; and its parts."""
+  params, value = system.heads(readout, outputs, x)
+  entropy = system.policy.entropy(params)
   td = aux.target - value
-  loss = (-jax.lax.stop_gradient(td) * log_p[aux.action] - system.entropy_cost * entropy
-          + 0.5 * system.value_cost * td ** 2)
+  loss = (-jax.lax.stop_gradient(td) * system.policy.log_prob(params, aux.action)
+          - system.entropy_cost * entropy + 0.5 * system.value_cost * td ** 2)
   return loss, {"entropy": entropy, "value_loss": 0.5 * td ** 2}

@@ -3,16 +3,20 @@ exact RTRL traces stored along each rollout."""
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from metaopt._src.rl import agent
 from metaopt._src.core import base
-from metaopt._src.recurrent import elementwise
 from metaopt._src.estimators import rtrl_elementwise
+from metaopt._src.recurrent import elementwise
+from metaopt._src.rl import agent
+from metaopt._src.rl import ppo
+from metaopt._src.rl.ppo import Learner  # pylint: disable=unused-import  (its home before)
 
 
 class RealTimePPOState(NamedTuple):
@@ -32,12 +36,6 @@ class RealTimePPOState(NamedTuple):
   opt_state: Any
   key: jax.Array
   updates: jax.Array
-
-
-class Learner(NamedTuple):
-  """``init(key, theta) -> state``; ``step(state) -> (state, metrics)``: one rollout and update."""
-  init: Any
-  step: Any
 
 
 def real_time_ppo(system: agent.AgentSystem, optimizer: optax.GradientTransformation, *,
@@ -96,35 +94,21 @@ def real_time_ppo(system: agent.AgentSystem, optimizer: optax.GradientTransforma
     >>> float(jax.nn.softmax(state.theta["readout"]["pi"])[1]) > 0.6
     True
   """
-  if not isinstance(system, agent.AgentSystem):
-    raise ValueError(f"real_time_ppo needs an AgentSystem (from metaopt.rl.agent_system), got "
-                     f"{type(system).__name__}")
-  num_steps = base.check_count(num_steps, "num_steps")
-  num_epochs = base.check_count(num_epochs, "num_epochs")
-  num_minibatches = base.check_count(num_minibatches, "num_minibatches")
-  if (num_steps * system.num_envs) % num_minibatches:
-    raise ValueError(f"num_minibatches={num_minibatches} must divide num_steps * num_envs = "
-                     f"{num_steps * system.num_envs}")
-  if not base.check_float(clip, "clip") > 0:
-    raise ValueError(f"clip must be > 0, got {clip}")
-  if not 0.0 <= base.check_float(gae_lambda, "gae_lambda", positive=False) <= 1.0:
-    raise ValueError(f"gae_lambda must be in [0, 1], got {gae_lambda}")
+  num_steps, num_epochs, num_minibatches = ppo.check_options(
+      system, num_steps, num_epochs, num_minibatches, clip, gae_lambda, name="real_time_ppo")
   cell = system.cell
   batch = num_steps * system.num_envs
-  minibatch = batch // num_minibatches
 
   def init(key, theta):
     base.check_key(key)
     k_env, k_next = jax.random.split(key)
     inner = system.init(k_env, theta)
-    traces = rtrl_elementwise.agent_start_traces(cell, theta["cell"], inner.obs)
+    traces = rtrl_elementwise.agent_start_traces(
+        cell, theta["cell"], rtrl_elementwise.layer_inputs(system, theta, inner.obs))
     return RealTimePPOState(inner, traces, theta, optimizer.init(theta),
                             jax.random.key_data(k_next), jnp.zeros((), jnp.int32))
 
-  def heads(theta, hidden, obs):
-    outputs = elementwise.cell_outputs(cell, hidden, theta["cell"], obs)
-    logits, value = system.heads(theta["readout"], outputs, obs)
-    return jax.nn.log_softmax(logits), value
+  heads = functools.partial(agent.policy_and_value, system)
 
   def rollout(state, keys):
     theta = state.theta
@@ -133,68 +117,41 @@ def real_time_ppo(system: agent.AgentSystem, optimizer: optax.GradientTransforma
 
     def body(carry, key):
       inner, traces = carry
-      log_p, value = jax.vmap(lambda h, o: heads(theta, h, o))(inner.hidden, inner.obs)
+      params, value = jax.vmap(lambda h, o: heads(theta, h, o))(inner.hidden, inner.obs)
       new_inner, aux = agent.transition(system, inner, theta, key)
-
+      new_x = rtrl_elementwise.layer_inputs(system, theta, new_inner.obs)
       new_traces = jax.vmap(lambda h, m, d, x: rtrl_elementwise.agent_next_traces(
-          cell, theta["cell"], h, m, d, x, initial, m0))(inner.hidden, traces, aux.done,
-                                                         new_inner.obs)
-      log_p_action = jnp.take_along_axis(log_p, aux.action[:, None], axis=1)[:, 0]
-      stored = {"hidden": inner.hidden, "traces": traces, "obs": inner.obs,
-                "action": aux.action, "log_p": log_p_action, "value": value,
-                "reward": aux.reward, "done": aux.done}
+          cell, theta["cell"], h, m, d, x, initial, m0))(inner.hidden, traces, aux.done, new_x)
+      log_p = jax.vmap(system.policy.log_prob)(params, aux.action)
+      stored = {"hidden": inner.hidden, "begin": inner.begin, "traces": traces, "obs": inner.obs,
+                "action": aux.action, "log_p": log_p, "value": value, "reward": system.reward_scale * aux.reward,
+                "done": aux.done}
       return (new_inner, new_traces), stored
 
     (inner, traces), stored = jax.lax.scan(body, (state.inner, state.traces), keys)
     _, last_value = jax.vmap(lambda h, o: heads(theta, h, o))(inner.hidden, inner.obs)
     return inner, traces, stored, last_value
 
-  def advantages(stored, last_value):
-    """GAE over the rollout, (num_steps, num_envs)."""
-    not_done = 1.0 - stored["done"].astype(stored["value"].dtype)
-    next_values = jnp.concatenate([stored["value"][1:], last_value[None]], axis=0)
-    deltas = stored["reward"] + system.gamma * not_done * next_values - stored["value"]
-
-    def body(carry, x):
-      delta, nd = x
-      carry = delta + system.gamma * gae_lambda * nd * carry
-      return carry, carry
-
-    _, adv = jax.lax.scan(body, jnp.zeros_like(last_value), (deltas, not_done), reverse=True)
-    return adv, adv + stored["value"]
-
-  def sample_loss(hidden, cell_params, readout, obs, action, old_log_p, old_value, advantage,
-                  ret):
-    log_p, value = heads({"cell": cell_params, "readout": readout}, hidden, obs)
-    ratio = jnp.exp(log_p[action] - old_log_p)
-    surrogate = -jnp.minimum(ratio * advantage,
-                             jnp.clip(ratio, 1.0 - clip, 1.0 + clip) * advantage)
-    value_loss = 0.5 * (value - ret) ** 2
-    if clip_value:
-      clipped = old_value + jnp.clip(value - old_value, -clip, clip)
-      value_loss = jnp.maximum(value_loss, 0.5 * (clipped - ret) ** 2)
-    entropy = -jnp.sum(jnp.exp(log_p) * log_p)
-    loss = surrogate + system.value_cost * value_loss - system.entropy_cost * entropy
-    return loss, {"value_loss": value_loss, "entropy": entropy,
-                  "clipped": (jnp.abs(ratio - 1.0) > clip).astype(value.dtype)}
-
   def minibatch_grad(theta, data):
     """Mean over the minibatch of the PPO loss and its gradient through the stored traces."""
-    adv = data["advantage"]
-    if normalize_advantages:
-      adv = (adv - jnp.mean(adv)) / (jnp.std(adv) + 1e-8)
+    adv = ppo.normalize(data["advantage"]) if normalize_advantages else data["advantage"]
 
-    def one(hidden, traces, obs, action, old_log_p, old_value, advantage, ret):
+    def one(hidden, begin, traces, obs, action, old_log_p, old_value, advantage, ret):
+      def loss_fn(h, p, r):
+        theta = {"cell": p, "readout": r}
+        h = agent.with_encoder_step(system, theta, h, begin, obs)  # the encoder's one step
+        params, value = heads(theta, h, obs)
+        return ppo.surrogate(system, params, value, action, old_log_p, old_value, advantage,
+                             ret, clip=clip, clip_value=clip_value)
+
       (loss, parts), (delta, direct, d_readout) = jax.value_and_grad(
-          sample_loss, argnums=(0, 1, 2), has_aux=True)(
-              hidden, theta["cell"], theta["readout"], obs, action, old_log_p, old_value,
-              advantage, ret)
+          loss_fn, argnums=(0, 1, 2), has_aux=True)(hidden, theta["cell"], theta["readout"])
       return loss, parts, {"cell": rtrl_elementwise.contract(delta, direct, traces),
                            "readout": d_readout}
 
-    losses, parts, grads = jax.vmap(one)(data["hidden"], data["traces"], data["obs"],
-                                         data["action"], data["log_p"], data["value"], adv,
-                                         data["return"])
+    losses, parts, grads = jax.vmap(one)(data["hidden"], data["begin"], data["traces"],
+                                         data["obs"], data["action"], data["log_p"],
+                                         data["value"], adv, data["return"])
     mean = lambda tree: jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
     return jnp.mean(losses), mean(parts), mean(grads)
 
@@ -202,33 +159,16 @@ def real_time_ppo(system: agent.AgentSystem, optimizer: optax.GradientTransforma
     key = jax.random.wrap_key_data(state.key)
     k_roll, k_shuffle, k_next = jax.random.split(key, 3)
     inner, traces, stored, last_value = rollout(state, jax.random.split(k_roll, num_steps))
-    adv, ret = advantages(stored, last_value)
+    adv, ret = ppo.advantages(system, stored, last_value, gae_lambda)
     data = {**stored, "advantage": adv, "return": ret}
     data = jax.tree.map(lambda x: x.reshape((batch,) + x.shape[2:]), data)
-
-    def epoch(carry, k):
-      theta, opt_state = carry
-      order = jax.random.permutation(k, batch).reshape(num_minibatches, minibatch)
-
-      def update(carry, idx):
-        theta, opt_state = carry
-        loss, parts, grad = minibatch_grad(theta, jax.tree.map(lambda x: x[idx], data))
-        updates, opt_state = optimizer.update(grad, opt_state, theta)
-        return (optax.apply_updates(theta, updates), opt_state), (loss, parts)
-
-      return jax.lax.scan(update, (theta, opt_state), order)
-
-    (theta, opt_state), (losses, parts) = jax.lax.scan(
-        epoch, (state.theta, state.opt_state), jax.random.split(k_shuffle, num_epochs))
-    inner = inner._replace(
-        entropy=inner.entropy + jnp.mean(parts["entropy"]).astype(inner.entropy.dtype)
-        * num_steps,
-        value_loss=inner.value_loss + jnp.mean(parts["value_loss"]).astype(
-            inner.value_loss.dtype) * num_steps)
+    (theta, opt_state), (losses, parts) = ppo.optimise(
+        optimizer, state.theta, state.opt_state, data, k_shuffle, minibatch_grad,
+        num_epochs=num_epochs, num_minibatches=num_minibatches)
     metrics = {"loss": jnp.mean(losses), "clipped": jnp.mean(parts["clipped"]),
                "trace_norm": rtrl_elementwise.trace_norm(traces)}
-    new_state = RealTimePPOState(inner, traces, theta, opt_state, jax.random.key_data(k_next),
-                                 state.updates + 1)
+    new_state = RealTimePPOState(ppo.record(inner, parts, num_steps), traces, theta, opt_state,
+                                 jax.random.key_data(k_next), state.updates + 1)
     return new_state, metrics
 
   return Learner(init, step)
