@@ -122,6 +122,9 @@ def validate_flags(f):
     raise app.UsageError(f"--env_option / --env: {e}") from None
   windows = {}
   for spec in f.estimators:
+    if f.algorithm == "ppo":  # checked above: PPO updates once per rollout
+      windows[spec] = f.rollout_steps
+      continue
     try:
       info = metaopt.estimator_info(spec)
     except ValueError as e:
@@ -135,9 +138,6 @@ def validate_flags(f):
         raise app.UsageError(f"--estimators: {spec!r} with cell {cell!r}: {e}") from None
       _check_bytes(f, f.seeds * metaopt.devices.state_bytes(estimator, agent.theta),
                    f"the state of {spec!r} with cell {cell!r}")
-    if f.algorithm == "ppo":  # PPO updates once per rollout (checked above)
-      windows[spec] = f.rollout_steps
-      continue
     window = metaopt.horizon.window_length(spec, agents[f.cells[0]].system, f.num_steps)
     if f.log_every % window:
       raise app.UsageError(f"--estimators: {spec!r}: its window of {window} steps must divide "
@@ -193,6 +193,7 @@ class Run(NamedTuple):
   thetas: Any
   progress: Any  # the checkpoint's template
   checkpoint: str
+  update: Any  # update(state) -> state: one agent's (one seed's) single update, not vmapped
 
 
 STATS = ("returns", "lengths", "episodes", "entropy", "value_loss")
@@ -220,6 +221,8 @@ def setup(f, cell, spec, window, folder):
                else metaopt.rl.bptt_ppo(system, optimizer, truncation=truncation, **options))
     rollouts = f.log_every // f.rollout_steps
 
+    update = lambda state: learner.step(state)[0]
+
     def chunk(state):
       state, metrics = jax.lax.scan(lambda s, _: learner.step(s), state, None, length=rollouts)
       trace_norm = jnp.mean(metrics.get("trace_norm", jnp.zeros(1)))
@@ -231,6 +234,7 @@ def setup(f, cell, spec, window, folder):
     t = metaopt.tuner(est, optax.adam(f.learning_rate, eps=1e-5),
                       max_grad_norm=f.max_grad_norm)
     windows_per_chunk = f.log_every // window
+    update = lambda state: t.run(state, 1)[0]
 
     def chunk(state):
       state, infos = t.run(state, windows_per_chunk)
@@ -247,7 +251,7 @@ def setup(f, cell, spec, window, folder):
   progress = (jax.eval_shape(init, keys, thetas), jax.ShapeDtypeStruct((), jnp.int32),
               jax.ShapeDtypeStruct((num_chunks, f.seeds, len(STATS) + 2), jnp.float32))
   return Run(agents, init, jax.jit(jax.vmap(chunk)), keys, thetas, progress,
-             os.path.join(folder, "checkpoint.npz"))
+             os.path.join(folder, "checkpoint.npz"), update)
 
 
 def restore(f, run, cell, spec):
@@ -293,7 +297,15 @@ def train(f, cell, spec, folder, run):
   window = f.rollout_steps if f.algorithm == "ppo" else run_window(f, spec, run)
   return {"cell": cell, "estimator": spec, "num_steps": window, "curve": curve,
           "diverged_seeds": int(np.sum(history[:, :, -1].min(axis=0) < 1)),
-          "seconds_per_step": seconds, "num_params": int(run.agents[0].num_params)}
+          "seconds_per_step": seconds, "num_params": int(run.agents[0].num_params),
+          "update_bytes": update_bytes(run)}
+
+
+def update_bytes(run):
+  """Peak memory of ONE agent's single update (its state, the rollout or window, the gradient's
+  working memory), from the compiled program (XLA's memory analysis): no compute."""
+  one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), run.progress[0])
+  return metaopt.timing.peak_bytes(run.update, one)
 
 
 def run_window(f, spec, run):
@@ -357,16 +369,25 @@ def markdown(f, records, forwards, description):
   lines = [f"{description}; {algorithm}; {f.train_steps} steps per environment, "
            f"{f.seeds} seeds, Adam lr {f.learning_rate}.", "",
            "| cell | estimator | window | return, last 10% (mean ± 95% CI) | diverged seeds | "
-           "time per step (ms) | ratio to forward step |", "|---|---|---|---|---|---|---|"]
+           "time per step (ms) | ratio to forward step | memory per update (KiB) |",
+           "|---|---|---|---|---|---|---|---|"]
+  rows = []
   for r in records:
     mean, half = final_return(r)
     sec = r["seconds_per_step"]
     ratio = "-" if sec is None else f"{sec / forwards[r['cell']]:.2f}"
-    lines.append(f"| {r['cell']} | {r['estimator']} | {r['num_steps']} | {mean:.3f} ± "
+    rows.append((float("inf") if sec is None else sec,
+                 f"| {r['cell']} | {r['estimator']} | {r['num_steps']} | {mean:.3f} ± "
                  f"{half:.3f} | {r['diverged_seeds']} | "
-                 f"{'-' if sec is None else f'{sec * 1e3:.3f}'} | {ratio} |")
+                 f"{'-' if sec is None else f'{sec * 1e3:.3f}'} | {ratio} | "
+                 f"{r['update_bytes'] / 1024:.0f} |"))
+  lines += [row for _, row in rows]
+  lines += ["", "The same rows by compute spent (time per step, cheapest first):", "",
+            lines[2], lines[3]] + [row for _, row in sorted(rows, key=lambda x: x[0])]
   lines.append("\nReturn: undiscounted, of the episodes finished in each interval, averaged per "
-               "seed; time per step: all seeds and environments, including the Adam update.")
+               "seed; time per step: all seeds and environments, including the Adam update; "
+               "memory per update: one agent's state and working memory for one update (XLA's "
+               "memory analysis of the compiled update).")
   return "\n".join(lines) + "\n"
 
 

@@ -277,3 +277,19 @@ def test_launch_online_rl_runs_the_comparators(tmp_path):
     returns = np.array([point[1] for point in r["curve"]])
     assert np.all(returns < -100), returns  # 200-step episodes of about -4 to -8 per step
   assert "BPTT over sequences" in open(os.path.join(logdir, "summary.md")).read()
+
+
+def test_every_rl_flagfile_is_valid(tmp_path):
+  """Each flagfile the RL guide's tables name passes launch.online_rl's checks (no compute)."""
+  import test_launch_flags  # pylint: disable=g-import-not-at-top
+  names = sorted(n for n in os.listdir(os.path.join(ROOT, "launch", "configs"))
+                 if n.startswith("rl_"))
+  assert len(names) >= 20
+  cases = [[[f"--flagfile=launch/configs/{n}", "--logdir={case}/run"], str(tmp_path)]
+           for n in names]
+  out = subprocess.run([sys.executable, "-c", test_launch_flags.HARNESS, "online_rl",
+                        json.dumps(cases)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, check=False)
+  assert "RESULTS" in out.stdout, out.stderr[-3000:]
+  results = json.loads(out.stdout.split("RESULTS", 1)[1])
+  assert [r["outcome"] for r in results] == ["accepted"] * len(names), list(zip(names, results))

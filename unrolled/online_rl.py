@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import metaopt
 from unrolled import cells
 from unrolled import envs
-from unrolled import online_rnn
 
 # The agent's recurrent layers: the element-wise cells of the papers (RTUs with our defaults and
 # the reference code's; eLSTM with its output gate in the cell or, as the reference, in the
@@ -18,6 +17,11 @@ from unrolled import online_rnn
 # LSTM, the comparators trained with truncated BPTT.
 AGENT_CELLS = ("rtu_linear", "rtu_nonlinear", "rtu_linear_reference", "rtu_nonlinear_reference",
                "elstm", "elstm_readout_gate", "dense_tanh", "lru", "gru", "lstm")
+
+
+# Agents never reach their horizon; it only has to be a multiple of every window length:
+# 14,414,400 = 4 * online_rnn.ENDLESS = 2^6 3^2 5^2 7 11 13 is divisible by 1..16, 32 and 64.
+HORIZON = 14_414_400
 
 
 class OnlineAgent(NamedTuple):
@@ -168,7 +172,7 @@ def online_agent(*, cell: str = "rtu_linear", env: str = "memory_chain", hidden_
 
   system = metaopt.rl.agent_system(
       recurrent, env_reset=environment.reset, env_step=environment.step, heads=heads,
-      horizon=online_rnn.ENDLESS, num_envs=num_envs, gamma=gamma, entropy_cost=entropy_cost,
+      horizon=HORIZON, num_envs=num_envs, gamma=gamma, entropy_cost=entropy_cost,
       value_cost=value_cost,
       policy=metaopt.rl.gaussian() if environment.continuous else metaopt.rl.categorical(),
       encode=encode if encoder_size else None, reward_scale=reward_scale)
