@@ -56,7 +56,11 @@ def real_time_ppo(system: agent.AgentSystem, optimizer: optax.GradientTransforma
   the reference). The gradient with
   respect to the layer's weights is dL/dh_t · M_t with the STORED h_t and M_t
   (the rollout's weights: no re-unroll, the real-time approximation of the
-  reference code, esraaelelimy/rtus); the heads' gradient is plain backprop.
+  reference code, esraaelelimy/rtus); the heads' gradient is plain backprop, an
+  encoder's (``system.encode``) its one-step gradient through the stored begin state.
+  Storing the traces makes the update's memory grow with ``num_steps`` times the
+  traces (for a 16-unit RTU behind a 64-wide encoder, 128 steps and 8 environments:
+  about 20 MB per agent, against 0.6 MB for :func:`bptt_ppo`).
   On the first minibatch of the first epoch (weights still the rollout's) the
   gradient is exact: ``jax.grad`` of the loss through a re-unroll from the
   horizon start gives the same.
