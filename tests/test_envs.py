@@ -12,6 +12,7 @@ from unrolled import envs
 OPTIONS = {
     "memory_chain": dict(memory_length=4),
     "masked_cartpole": dict(),
+    "masked_pendulum": dict(),  # its dynamics: tests/test_rl_comparators.py
     "repeat_first": dict(num_symbols=3, length=6),
     "repeat_previous": dict(num_symbols=3, delay=2, length=6),
     "count_recall": dict(num_symbols=3, length=6),
@@ -277,7 +278,8 @@ def test_masked_cartpole():
 
 
 @pytest.mark.parametrize("name, options, message", [
-    ("nope", {}, "unknown env 'nope'; known envs: count_recall, masked_cartpole, memory_chain"),
+    ("nope", {}, "unknown env 'nope'; known envs: count_recall, masked_cartpole, masked_pendulum, "
+     "memory_chain"),
     ("memory_chain", dict(memory_length=0), "memory_length must be an int >= 1, got 0"),
     ("memory_chain", dict(memory_length=2.5), "memory_length must be an int >= 1, got 2.5"),
     ("masked_cartpole", dict(length=3), "env 'masked_cartpole' has no option(s) length; its "
