@@ -208,7 +208,12 @@ def layer_input(system: AgentSystem, readout: Any, obs: jax.Array) -> jax.Array:
 def policy_and_value(system: AgentSystem, theta: Any, hidden: jax.Array,
                      obs: jax.Array) -> tuple[Any, jax.Array]:
   """The heads' output for one environment: (policy parameters, value) from h_t and o_t."""
-  x = layer_input(system, theta["readout"], obs)
+  return heads_of_input(system, theta, hidden, layer_input(system, theta["readout"], obs))
+
+
+def heads_of_input(system: AgentSystem, theta: Any, hidden: jax.Array,
+                   x: jax.Array) -> tuple[Any, jax.Array]:
+  """:func:`policy_and_value` from the layer's input ``x`` (the observation already encoded)."""
   return system.heads(theta["readout"],
                       elementwise.cell_outputs(system.cell, hidden, theta["cell"], x), x)
 

@@ -81,8 +81,7 @@ def bptt_ppo(system: agent.AgentSystem, optimizer: optax.GradientTransformation,
     >>> float(mean) > 0.5
     True
   """
-  if not isinstance(system, agent.AgentSystem):  # before reading num_envs
-    ppo.check_options(system, 1, 1, 1, clip, gae_lambda, name="bptt_ppo")
+  ppo.check_system(system, "bptt_ppo")  # before reading num_envs
   num_steps = base.check_count(num_steps, "num_steps")
   truncation = num_steps if truncation is None else base.check_count(truncation, "truncation")
   if num_steps % truncation:
@@ -135,7 +134,7 @@ def bptt_ppo(system: agent.AgentSystem, optimizer: optax.GradientTransformation,
       begin = jnp.where(t == 0, start, jnp.where(restart[t], initial, hidden))
       x = agent.layer_input(system, theta["readout"], seq["obs"][t])
       hidden = jax.vmap(cell.step, (0, 0, None))(begin, theta["cell"], x)
-      params, value = heads(theta, hidden, seq["obs"][t])
+      params, value = agent.heads_of_input(system, theta, hidden, x)  # x encoded once
       loss, parts = ppo.surrogate(system, params, value, seq["action"][t], seq["log_p"][t],
                                   seq["value"][t], adv[t], seq["return"][t], clip=clip,
                                   clip_value=clip_value)

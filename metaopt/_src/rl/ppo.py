@@ -19,12 +19,16 @@ class Learner(NamedTuple):
   step: Any
 
 
-def check_options(system, num_steps, num_epochs, num_minibatches, clip, gae_lambda, *,
-                  name: str, samples_per_env: int | None = None):
-  """Checks the shared options; returns (num_steps, num_epochs, num_minibatches)."""
+def check_system(system, name: str):
   if not isinstance(system, agent.AgentSystem):
     raise ValueError(f"{name} needs an AgentSystem (from metaopt.rl.agent_system), got "
                      f"{type(system).__name__}")
+
+
+def check_options(system, num_steps, num_epochs, num_minibatches, clip, gae_lambda, *,
+                  name: str, samples_per_env: int | None = None):
+  """Checks the shared options; returns (num_steps, num_epochs, num_minibatches)."""
+  check_system(system, name)
   num_steps = base.check_count(num_steps, "num_steps")
   num_epochs = base.check_count(num_epochs, "num_epochs")
   num_minibatches = base.check_count(num_minibatches, "num_minibatches")
